@@ -1,0 +1,80 @@
+"""The reflection subgraph: runs after an episode's answer is written.
+
+update_tool_stats -> repair_failed_tools -> commit_tools -> summarize_episode
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NotRequired, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from insitu.context import InsituContext
+from insitu.graphs.state import (
+    BuildFailure,
+    EpisodeMetrics,
+    EpisodeState,
+    ExecutorReport,
+    Invocation,
+    TokenCounts,
+)
+from insitu.nodes import reflection
+from insitu.services import Services
+
+
+class ReflectionInput(TypedDict):
+    """What reflection reads from a finished episode."""
+
+    task: str
+    task_id: str
+    workdir: str
+    answer: str
+    status: str
+    invocations: list[Invocation]
+    local_tools: NotRequired[dict[str, dict[str, Any]]]
+    repaired_tools: NotRequired[dict[str, dict[str, Any]]]
+    build_failures: NotRequired[list[BuildFailure]]
+    report: NotRequired[ExecutorReport]
+    rounds: NotRequired[int]
+    executor_steps: NotRequired[int]
+
+
+class ReflectionOutput(TypedDict):
+    """What reflection hands back: counters, committed or deferred tools, the note."""
+
+    metrics: EpisodeMetrics
+    tools_used: list[str]
+    tools_created: list[str]
+    tools_repaired: list[str]
+    repaired_tools: dict[str, dict[str, Any]]
+    new_tools: list[dict[str, Any]]
+    reflection: str
+    usage: dict[str, TokenCounts]
+
+
+def build_reflection_graph(services: Services | None = None) -> StateGraph:
+    """Return the uncompiled reflection graph.
+
+    Args:
+        services: Live models, store and sandbox (defaults from the context).
+    """
+    services = services or Services()
+    builder = StateGraph(
+        EpisodeState,
+        context_schema=InsituContext,
+        input_schema=ReflectionInput,
+        output_schema=ReflectionOutput,
+    )
+    builder.add_node("update_tool_stats", partial(reflection.update_tool_stats, services=services))
+    builder.add_node(
+        "repair_failed_tools", partial(reflection.repair_failed_tools, services=services)
+    )
+    builder.add_node("commit_tools", partial(reflection.commit_tools, services=services))
+    builder.add_node("summarize_episode", partial(reflection.summarize_episode, services=services))
+    builder.add_edge(START, "update_tool_stats")
+    builder.add_edge("update_tool_stats", "repair_failed_tools")
+    builder.add_edge("repair_failed_tools", "commit_tools")
+    builder.add_edge("commit_tools", "summarize_episode")
+    builder.add_edge("summarize_episode", END)
+    return builder

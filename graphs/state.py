@@ -1,0 +1,174 @@
+"""State of the episode graph: its input, output and internal schemas.
+
+State holds plain JSON-able data only (tool references, specs and records as
+dicts), never live tool or model objects, so that every checkpoint serialises
+and Studio can show it. Lists that several nodes append to declare their
+reducers explicitly.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+EpisodeStatus = Literal["completed", "incomplete", "failed"]
+ReportKind = Literal["done", "missing_capability", "tool_failed", "step_limit", "error"]
+
+
+class TokenCounts(TypedDict):
+    """Token usage of one role, summed over its model calls."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    calls: int
+
+
+def merge_usage(
+    left: dict[str, TokenCounts] | None, right: dict[str, TokenCounts] | None
+) -> dict[str, TokenCounts]:
+    """Reducer: add token counts role by role."""
+    merged: dict[str, TokenCounts] = {k: dict(v) for k, v in (left or {}).items()}  # type: ignore[misc]
+    for role, counts in (right or {}).items():
+        mine = merged.setdefault(
+            role, {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "calls": 0}
+        )
+        for key in mine:
+            mine[key] += int(counts.get(key, 0))  # type: ignore[literal-required]
+    return merged
+
+
+def merge_records(
+    left: dict[str, dict[str, Any]] | None, right: dict[str, dict[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Reducer: tool records by name; a later version of a name replaces the earlier."""
+    return {**(left or {}), **(right or {})}
+
+
+class Candidate(TypedDict):
+    """A tool the Manager may bind: retrieved from the library or built this episode."""
+
+    name: str
+    version: int
+    description: str
+    score: float
+    local: bool
+
+
+class ToolRequest(TypedDict):
+    """A tool the Manager asked for, or an existing tool the Executor needs repaired."""
+
+    name: str
+    description: str
+    input_hint: str
+    output_hint: str
+    repair_of: NotRequired[str]  # name@version of the tool to repair
+    failing_call: NotRequired[dict[str, Any]]  # {"args": ..., "error": ...}
+
+
+class BuildFailure(TypedDict):
+    """Why a requested tool could not be built (shown to the Manager when it re-plans)."""
+
+    name: str
+    reason: str
+    attempts: int
+
+
+class Invocation(TypedDict):
+    """One tool call made by the Executor, as recorded for statistics and EGL."""
+
+    tool: str
+    version: int
+    local: bool
+    args: dict[str, Any]
+    ok: bool
+    kind: str
+    message: str
+    duration_ms: float
+    output_chars: int
+    output_preview: str
+    round: int
+
+
+class ExecutorReport(TypedDict):
+    """How an Executor round ended, which decides the next route."""
+
+    kind: ReportKind
+    message: str
+    tool: NotRequired[str]
+    failing_call: NotRequired[dict[str, Any]]
+
+
+class EpisodeInput(TypedDict):
+    """What a caller gives the episode graph: one task."""
+
+    task: str
+    task_id: NotRequired[str]
+    files: NotRequired[list[str]]
+
+
+class EpisodeMetrics(TypedDict):
+    """The episode's evolution counters (what EGL is built from) and effort."""
+
+    tools_created: int
+    tools_repaired: int
+    tool_invocations: int
+    tool_successes: int
+    rounds: int
+    executor_steps: int
+
+
+class EpisodeOutput(TypedDict):
+    """What the episode graph returns to a caller or a parent graph."""
+
+    task_id: str
+    answer: str
+    status: EpisodeStatus
+    tools_used: list[str]
+    tools_created: list[str]
+    tools_repaired: list[str]
+    new_tools: list[dict[str, Any]]
+    metrics: EpisodeMetrics
+    usage: dict[str, TokenCounts]
+    reflection: str
+
+
+class EpisodeState(TypedDict, total=False):
+    """Everything the roles read and write while solving one task."""
+
+    # input
+    task: str
+    task_id: str
+    files: list[str]
+    workdir: str
+    # Manager
+    rounds: int
+    candidates: list[Candidate]
+    bound_tools: list[str]
+    guidance: str
+    requests: list[ToolRequest]
+    plan_error: str
+    # ToolDeveloper
+    build_outcome: Literal["ready", "failed"]
+    local_tools: Annotated[dict[str, dict[str, Any]], merge_records]
+    repaired_tools: Annotated[dict[str, dict[str, Any]], merge_records]
+    build_failures: Annotated[list[BuildFailure], operator.add]
+    repairs: int
+    # Executor
+    messages: Annotated[list[AnyMessage], add_messages]
+    invocations: Annotated[list[Invocation], operator.add]
+    report: ExecutorReport
+    executor_steps: int
+    # Integrator and reflection
+    answer: str
+    status: EpisodeStatus
+    usage: Annotated[dict[str, TokenCounts], merge_usage]
+    tools_used: list[str]
+    tools_created: list[str]
+    tools_repaired: list[str]
+    new_tools: list[dict[str, Any]]
+    metrics: EpisodeMetrics
+    reflection: str

@@ -1,0 +1,157 @@
+"""The Python API: run one task against a tool library and get a typed result.
+
+    from insitu import run_task
+    result = run_task("What is the median of 3, 1, 7, 4?", store_dir=".insitu")
+    print(result.answer, result.tools_created)
+
+Chat models can be injected (``models=``); by default every role uses
+``ChatOpenAI`` configured from the environment. Runs are checkpointed in the
+store directory (SQLite), so an interrupted task resumes by thread id.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from insitu.context import InsituContext
+from insitu.services import check_model_configuration
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from insitu.sandbox import Sandbox
+    from insitu.tool_store import ToolStore
+
+
+class EpisodeResult(BaseModel):
+    """The typed result of one task."""
+
+    task_id: str
+    thread_id: str
+    answer: str
+    status: str = Field(description="completed | incomplete | failed")
+    tools_used: list[str] = Field(default_factory=list)
+    tools_created: list[str] = Field(default_factory=list)
+    tools_repaired: list[str] = Field(default_factory=list)
+    metrics: dict[str, int] = Field(default_factory=dict)
+    usage: dict[str, dict[str, int]] = Field(default_factory=dict)
+    reflection: str = ""
+
+    @property
+    def completed(self) -> bool:
+        """Whether the task was completed."""
+        return self.status == "completed"
+
+
+@contextmanager
+def sqlite_checkpointer(store_dir: str | Path) -> Iterator[SqliteSaver]:
+    """Open the SQLite checkpointer that lives in a store directory."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = Path(store_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path / "checkpoints.sqlite", check_same_thread=False)
+    try:
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+def run_task(
+    task: str | None,
+    *,
+    files: Sequence[str | Path] = (),
+    task_id: str | None = None,
+    context: InsituContext | Mapping[str, Any] | None = None,
+    store_dir: str | Path | None = None,
+    models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+    store: ToolStore | None = None,
+    sandbox: Sandbox | None = None,
+    thread_id: str | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: bool = True,
+) -> EpisodeResult:
+    """Solve one task with the episode graph.
+
+    Args:
+        task: The question or instruction. ``None`` resumes ``thread_id`` from
+            its last checkpoint.
+        files: Files copied into the task's working directory.
+        task_id: Stable id (default: derived from the task text).
+        context: Settings (``InsituContext`` or a dict of its fields).
+        store_dir: Shortcut for ``context.store_dir``.
+        models: Chat model(s) to use instead of ``ChatOpenAI`` from the environment.
+        store: An open ``ToolStore`` to use.
+        sandbox: A ``Sandbox`` to use.
+        thread_id: Checkpoint thread (default: the task id).
+        on_event: Receives each progress event (dicts with ``event`` and ``message``).
+        checkpoint: Keep a SQLite checkpoint in the store directory.
+
+    Returns:
+        The answer, status, tools used and created, counters and token usage.
+
+    Raises:
+        ConfigurationError: No model endpoint and no injected models.
+        InvalidTaskError: An empty or unusable task.
+    """
+    from insitu.graphs.episode import compile_episode_graph
+    from insitu.nodes.workspace import check_task
+
+    settings = InsituContext.coerce(context)
+    if store_dir is not None:
+        settings = replace(settings, store_dir=str(store_dir))
+    if models is None:
+        check_model_configuration(settings)
+    if task is not None:
+        task, task_id = check_task({"task": task, "task_id": task_id})
+        payload: dict[str, Any] | None = {
+            "task": task,
+            "task_id": task_id,
+            "files": [str(f) for f in files],
+        }
+    elif thread_id is None:
+        raise ValueError("give a task, or the thread_id of an interrupted run to resume")
+    else:
+        payload = None
+    thread = thread_id or task_id
+    config = {"configurable": {"thread_id": thread}}
+
+    def execute(checkpointer: Any) -> dict[str, Any]:
+        graph = compile_episode_graph(
+            checkpointer=checkpointer, models=models, store=store, sandbox=sandbox
+        )
+        final: dict[str, Any] = {}
+        for mode, chunk in graph.stream(
+            payload, config, context=settings, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom" and on_event is not None:
+                on_event(chunk)
+            elif mode == "values":
+                final = chunk
+        return final
+
+    if checkpoint:
+        with sqlite_checkpointer(settings.store_dir) as saver:
+            final = execute(saver)
+    else:
+        final = execute(None)
+    return EpisodeResult(
+        task_id=final.get("task_id") or thread or "",
+        thread_id=thread or "",
+        answer=final.get("answer", ""),
+        status=final.get("status", "failed"),
+        tools_used=final.get("tools_used", []),
+        tools_created=final.get("tools_created", []),
+        tools_repaired=final.get("tools_repaired", []),
+        metrics=dict(final.get("metrics") or {}),
+        usage=dict(final.get("usage") or {}),
+        reflection=final.get("reflection", ""),
+    )

@@ -1,0 +1,186 @@
+"""The live objects a run needs: chat models, the tool store and the sandbox.
+
+Graph state holds only data; nodes obtain live objects from a :class:`Services`
+bound into the graph by its factory. Anything injected from Python (a chat
+model, an open store, a sandbox) is used as is; anything missing is built from
+the :class:`~insitu.context.InsituContext` and cached per process, so that one
+process holds one writer on a store directory and one warm sandbox pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from insitu.context import ROLES, InsituContext
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from insitu.sandbox import Sandbox
+    from insitu.tool_store import ToolStore
+
+
+class ConfigurationError(RuntimeError):
+    """insitu is not configured well enough to run; the message says what to set."""
+
+
+NO_ENDPOINT_MESSAGE = (
+    "No model endpoint is configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for any other "
+    "OpenAI-compatible server, e.g. http://localhost:11434/v1 for Ollama or "
+    "http://localhost:8000/v1 for vLLM / llama.cpp), or pass chat models from Python "
+    "(build_episode_graph(models=...)). `insitu demo` runs offline with a scripted model."
+)
+
+_lock = threading.Lock()
+_stores: dict[tuple[str, str | None, str], ToolStore] = {}
+_sandboxes: dict[tuple[Any, ...], Sandbox] = {}
+
+
+def make_chat_model(role: str, context: InsituContext) -> BaseChatModel:
+    """Build the default chat model of a role: ``ChatOpenAI`` on the configured endpoint.
+
+    Args:
+        role: One of ``insitu.context.ROLES``.
+        context: Supplies the model name, temperature, endpoint and timeout.
+
+    Returns:
+        A ``ChatOpenAI`` client.
+
+    Raises:
+        ConfigurationError: Neither ``OPENAI_API_KEY`` nor an endpoint URL is set.
+    """
+    api_key = os.environ.get("OPENAI_API_KEY")
+    base_url = context.openai_base_url
+    if not api_key and not base_url:
+        raise ConfigurationError(NO_ENDPOINT_MESSAGE)
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=context.model_for(role),
+        temperature=context.temperature,
+        base_url=base_url,
+        # Local servers (Ollama, vLLM, llama.cpp) accept any key but the client needs one.
+        api_key=api_key or "not-needed",
+        timeout=context.request_timeout_s,
+        max_retries=2,
+    )
+
+
+def check_model_configuration(context: InsituContext) -> None:
+    """Fail at once, with what to set, when no endpoint is configured.
+
+    Raises:
+        ConfigurationError: See :data:`NO_ENDPOINT_MESSAGE`.
+    """
+    if not os.environ.get("OPENAI_API_KEY") and not context.openai_base_url:
+        raise ConfigurationError(NO_ENDPOINT_MESSAGE)
+
+
+def open_store(context: InsituContext) -> ToolStore:
+    """Return this process's store for the context's directory, opening it once.
+
+    Args:
+        context: Supplies the store directory, Chroma URL and embedding.
+
+    Returns:
+        The open store (shared by every graph in the process).
+    """
+    from insitu.tool_store import ToolStore
+
+    key = (str(Path(context.store_dir).resolve()), context.chroma_url, context.embedding)
+    with _lock:
+        store = _stores.get(key)
+        if store is None or getattr(store, "closed", False):
+            store = ToolStore.open(
+                Path(context.store_dir), embedding=context.embedding, chroma_url=context.chroma_url
+            )
+            _stores[key] = store
+        return store
+
+
+def open_sandbox(context: InsituContext) -> Sandbox:
+    """Return this process's sandbox for the context's settings, creating it once.
+
+    The sandbox's tool environment (a venv for tools' dependencies) lives in the
+    store directory.
+    """
+    from insitu.sandbox import Sandbox, SandboxSettings, ToolEnvironment
+
+    key = (
+        str(Path(context.store_dir).resolve()),
+        context.sandbox_backend,
+        context.tool_timeout_s,
+        context.tool_memory_mb,
+        context.install_dependencies,
+        tuple(context.denied_packages),
+        tuple(context.allowed_packages) if context.allowed_packages is not None else None,
+    )
+    with _lock:
+        sandbox = _sandboxes.get(key)
+        if sandbox is None:
+            toolenv = ToolEnvironment(
+                Path(context.store_dir) / "toolenv",
+                allow=context.allowed_packages,
+                deny=list(context.denied_packages),
+                installer_enabled=context.install_dependencies,
+            )
+            settings = SandboxSettings(
+                backend=context.sandbox_backend,
+                timeout_s=context.tool_timeout_s,
+                memory_mb=context.tool_memory_mb,
+            )
+            sandbox = Sandbox(settings, toolenv=toolenv)
+            _sandboxes[key] = sandbox
+        return sandbox
+
+
+class Services:
+    """Live objects for the nodes of one graph: injected ones, else defaults.
+
+    Args:
+        models: One chat model for every role, or a mapping role -> model
+            (missing roles fall back to ``"default"`` in the mapping, then to
+            ``ChatOpenAI`` from the context).
+        store: An open ``ToolStore`` to use instead of opening ``store_dir``.
+        sandbox: A ``Sandbox`` to use instead of the per-process default.
+    """
+
+    def __init__(
+        self,
+        *,
+        models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+        store: ToolStore | None = None,
+        sandbox: Sandbox | None = None,
+    ) -> None:
+        if isinstance(models, Mapping):
+            unknown = set(models) - set(ROLES) - {"default"}
+            if unknown:
+                raise ValueError(
+                    f"unknown role(s) {sorted(unknown)} in models; roles are "
+                    f"{', '.join(ROLES)} (or 'default')"
+                )
+        self._models = models
+        self._store = store
+        self._sandbox = sandbox
+
+    def chat_model(self, role: str, context: InsituContext) -> BaseChatModel:
+        """Return the chat model for ``role``."""
+        if isinstance(self._models, Mapping):
+            model = self._models.get(role) or self._models.get("default")
+            if model is not None:
+                return model
+        elif self._models is not None:
+            return self._models
+        return make_chat_model(role, context)
+
+    def store(self, context: InsituContext) -> ToolStore:
+        """Return the tool store (injected, else this process's for ``store_dir``)."""
+        return self._store if self._store is not None else open_store(context)
+
+    def sandbox(self, context: InsituContext) -> Sandbox:
+        """Return the sandbox (injected, else this process's default)."""
+        return self._sandbox if self._sandbox is not None else open_sandbox(context)

@@ -1,0 +1,107 @@
+"""The Integrator: writes the final answer from the execution record.
+
+It reads the task, the Manager's guidance, a compact record of the tool calls
+and how the Executor ended, not the raw transcript. When the work could not be
+completed it says plainly what could not be done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from insitu.context import InsituContext
+from insitu.events import emit
+from insitu.graphs.state import EpisodeState
+from insitu.nodes.common import compact_json, prompt_message, settings, usage_update
+from insitu.services import Services
+from insitu.structured import TokenUsage, message_text
+
+ROLE = "integrator"
+MAX_RECORD_CHARS = 6000
+
+_ENDINGS = {
+    "done": "The Executor finished and reported this result:\n{message}",
+    "missing_capability": "The Executor stopped: a needed capability was missing ({message}).",
+    "tool_failed": "The Executor stopped: a tool kept failing ({message}).",
+    "step_limit": "The Executor ran out of steps ({message}).",
+    "error": "The Executor stopped on an error ({message}).",
+}
+
+
+def execution_record(state: EpisodeState, limit: int = MAX_RECORD_CHARS) -> str:
+    """Summarise the tool calls of the episode, newest kept when it is long."""
+    lines = [
+        f"{i + 1}. {inv['tool']}({compact_json(inv['args'], 300)}) -> "
+        + (inv["output_preview"] if inv["ok"] else f"ERROR {inv['kind']}: {inv['message']}")[:500]
+        for i, inv in enumerate(state.get("invocations") or [])
+    ]
+    text = "\n".join(lines) or "(no tool was called)"
+    if len(text) > limit:
+        text = "…(earlier calls omitted)\n" + text[-limit:]
+    return text
+
+
+def describe_ending(state: EpisodeState) -> tuple[str, bool]:
+    """Return how the work ended, and whether it completed."""
+    if state.get("plan_error"):
+        return f"Planning failed: {state['plan_error']}", False
+    report = state.get("report")
+    failures = state.get("build_failures") or []
+    if report is None:
+        ending = "The Executor never ran."
+        if failures:
+            ending += " Tools that could not be built: " + "; ".join(
+                f"{f['name']} ({f['reason'][:200]})" for f in failures
+            )
+        return ending, False
+    ending = _ENDINGS[report["kind"]].format(message=report["message"][:3000])
+    return ending, report["kind"] == "done"
+
+
+def write_answer(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Ask the Integrator for the final answer.
+
+    Returns:
+        Update: ``answer``, ``status`` (completed / incomplete) and usage.
+    """
+    context = settings(runtime)
+    ending, completed = describe_ending(state)
+    rule = (
+        ""
+        if completed
+        else (
+            "The work did not complete: say plainly what could not be done and why, and give "
+            "any partial result clearly marked as partial."
+        )
+    )
+    messages = prompt_message(
+        "integrator",
+        task=state["task"],
+        guidance=state.get("guidance") or "(none)",
+        record=execution_record(state),
+        ending=ending,
+        incomplete_rule=rule,
+    )
+    usage = TokenUsage()
+    try:
+        reply = services.chat_model(ROLE, context).invoke(messages)
+        usage.add_response(reply)
+        answer = message_text(reply).strip()
+    except Exception as exc:  # the answer must still say what happened
+        answer = ""
+        ending += f" (The Integrator's model failed: {exc}.)"
+    if not answer:
+        report = state.get("report")
+        answer = (
+            report["message"] if completed and report else f"Could not complete the task. {ending}"
+        )
+    emit("answered", "answer written", status="completed" if completed else "incomplete")
+    return {
+        "answer": answer,
+        "status": "completed" if completed else "incomplete",
+        "usage": usage_update(ROLE, usage),
+    }

@@ -1,0 +1,243 @@
+"""The Manager: retrieves candidate tools, binds some, and requests missing ones.
+
+It never sees the whole library: only the top-k tools retrieved for the task
+(hybrid search) plus the tools built during this episode, so its prompt does
+not grow with the library. Its JSON reply is validated against those
+candidates and the naming discipline; an invalid reply is re-asked a bounded
+number of times, then the episode goes to the Integrator with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from insitu.context import InsituContext
+from insitu.events import emit
+from insitu.graphs.state import Candidate, EpisodeState, ToolRequest
+from insitu.nodes.common import (
+    ask_role,
+    compact_json,
+    files_section,
+    prompt_message,
+    settings,
+    usage_update,
+)
+from insitu.services import Services
+from insitu.structured import StructuredOutputError, TokenUsage, parse_reply
+from insitu.tool_store.contract import TOOL_NAME_PATTERN
+
+ROLE = "manager"
+
+#: Words that mark a "run arbitrary code" tool, which the discipline forbids.
+_ARBITRARY_CODE = re.compile(
+    r"(?:^|_)(?:exec|execute|eval|evaluate|run)_(?:python|code|script|shell|command|"
+    r"expression|snippet)s?(?:_|$)|(?:^|_)python_(?:repl|interpreter)(?:_|$)"
+)
+
+
+class RequestedTool(BaseModel):
+    """A new tool the Manager asks for."""
+
+    name: str = Field(description="verb_object name")
+    description: str = Field(description="What it does and returns.")
+    input: str = Field(default="", description="Input fields.")
+    output: str = Field(default="", description="Output fields.")
+
+
+class ManagerDecision(BaseModel):
+    """The Manager's structured reply."""
+
+    bind: list[str] = Field(default_factory=list)
+    requests: list[RequestedTool] = Field(default_factory=list)
+    guidance: str = ""
+
+
+def retrieve_candidates(
+    state: EpisodeState, services: Services, context: InsituContext
+) -> list[Candidate]:
+    """Return the library's top-k tools for the task plus this episode's own tools."""
+    hits = services.store(context).search(state["task"], k=context.retrieval_k)
+    candidates = [
+        Candidate(
+            name=h.record.name,
+            version=h.record.version,
+            description=h.record.description,
+            score=round(float(h.score), 4),
+            local=False,
+        )
+        for h in hits
+    ]
+    known = {c["name"] for c in candidates}
+    for pool in ("local_tools", "repaired_tools"):
+        for name, record in (state.get(pool) or {}).items():
+            if name not in known:
+                known.add(name)
+                candidates.append(
+                    Candidate(
+                        name=name,
+                        version=record["version"],
+                        description=record["description"],
+                        score=1.0,
+                        local=True,
+                    )
+                )
+    return candidates
+
+
+def validate_decision(
+    decision: ManagerDecision, candidates: list[Candidate], context: InsituContext, library_has: Any
+) -> ManagerDecision:
+    """Check the Manager's reply against the candidates and the discipline.
+
+    Args:
+        decision: The parsed reply.
+        candidates: What it may bind.
+        context: Limits and the freeze flag.
+        library_has: ``name -> bool``, whether the library already has a tool.
+
+    Returns:
+        The decision with duplicates removed.
+
+    Raises:
+        ValueError: Listing every problem, for a re-ask.
+    """
+    names = {c["name"] for c in candidates}
+    problems = []
+    unknown = [n for n in decision.bind if n not in names]
+    if unknown:
+        valid = ", ".join(sorted(names)) or "(none: there are no candidates)"
+        problems.append(f"bind lists unknown tool(s) {unknown}; bind only candidates: {valid}.")
+    seen: set[str] = set()
+    for request in decision.requests:
+        name = request.name
+        if not TOOL_NAME_PATTERN.match(name):
+            problems.append(f"requested name {name!r} is not verb_object snake case.")
+        elif name in names or library_has(name):
+            problems.append(
+                f"a tool named {name!r} already exists; bind it instead of "
+                "requesting it, or request a different capability."
+            )
+        elif _ARBITRARY_CODE.search(name):
+            problems.append(f"{name!r} would run arbitrary code; request a specific capability.")
+        if name in seen:
+            problems.append(f"{name!r} is requested twice.")
+        seen.add(name)
+        if not request.description.strip():
+            problems.append(f"request {name!r} has no description.")
+    if context.freeze_library and decision.requests:
+        problems.append(
+            "the library is frozen: no new tools may be requested; bind candidates only."
+        )
+    if len(decision.requests) > context.max_new_tools_per_round:
+        problems.append(
+            f"{len(decision.requests)} tools requested; at most {context.max_new_tools_per_round}."
+        )
+    if problems:
+        raise ValueError("the plan is invalid:\n" + "\n".join(f"- {p}" for p in problems))
+    decision.bind = list(dict.fromkeys(decision.bind))
+    return decision
+
+
+def _candidates_section(candidates: list[Candidate]) -> str:
+    if not candidates:
+        return "(no tool in the library matches this task)"
+    return "\n".join(
+        f"- {c['name']}: {c['description']}" + (" [built in this task]" if c["local"] else "")
+        for c in candidates
+    )
+
+
+def _history_section(state: EpisodeState) -> str:
+    """What happened in earlier rounds, so a re-plan can change course."""
+    lines = []
+    report = state.get("report")
+    if report and report["kind"] != "done":
+        lines.append(f"- The Executor stopped: {report['kind']}: {report['message'][:600]}")
+    for failure in state.get("build_failures") or []:
+        lines.append(
+            f"- Tool {failure['name']} could not be built after {failure['attempts']} "
+            f"attempt(s): {failure['reason'][:400]}"
+        )
+    for inv in (state.get("invocations") or [])[-6:]:
+        status = "ok" if inv["ok"] else f"error {inv['kind']}"
+        lines.append(
+            f"- Called {inv['tool']}({compact_json(inv['args'], 200)}) -> {status}: "
+            f"{inv['output_preview'][:200]}"
+        )
+    if not lines:
+        return ""
+    return "## Earlier rounds of this task\n" + "\n".join(lines) + "\n"
+
+
+def plan_task(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Retrieve candidates, then ask the Manager what to bind and what to build.
+
+    Returns:
+        Update: ``rounds``, ``candidates``, ``bound_tools``, ``guidance``,
+        ``requests`` and usage; or ``plan_error`` when no usable plan came back.
+    """
+    context = settings(runtime)
+    rounds = state.get("rounds", 0) + 1
+    candidates = retrieve_candidates(state, services, context)
+    emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
+    store = services.store(context)
+    freeze_rule = (
+        "The library is frozen for this run: request nothing." if context.freeze_library else ""
+    )
+    messages = prompt_message(
+        "manager",
+        task=state["task"],
+        files=files_section(state.get("files")),
+        candidates=_candidates_section(candidates),
+        history=_history_section(state),
+        max_new_tools=context.max_new_tools_per_round,
+        freeze_rule=freeze_rule,
+    )
+    usage = TokenUsage()
+    try:
+        asked = ask_role(
+            ROLE,
+            services,
+            context,
+            messages,
+            lambda text: validate_decision(
+                parse_reply(text, ManagerDecision), candidates, context, store.has
+            ),
+            usage,
+        )
+    except StructuredOutputError as exc:
+        return {
+            "rounds": rounds,
+            "candidates": candidates,
+            "requests": [],
+            "plan_error": f"the Manager gave no usable plan: {exc}",
+            "usage": usage_update(ROLE, usage),
+        }
+    decision: ManagerDecision = asked.value
+    requests = [
+        ToolRequest(
+            name=r.name, description=r.description, input_hint=r.input, output_hint=r.output
+        )
+        for r in decision.requests
+    ]
+    emit(
+        "planned",
+        f"plan: bind {len(decision.bind)} tool(s), request {len(requests)} new",
+        bind=decision.bind,
+        requests=[r["name"] for r in requests],
+    )
+    return {
+        "rounds": rounds,
+        "candidates": candidates,
+        "bound_tools": decision.bind,
+        "guidance": decision.guidance,
+        "requests": requests,
+        "plan_error": "",
+        "usage": usage_update(ROLE, usage),
+    }

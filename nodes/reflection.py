@@ -1,0 +1,197 @@
+"""Reflection after an episode: statistics, repairs, commit, counters and a note.
+
+Runs as its own subgraph after the Integrator. It records every tool call in
+the library's statistics, tries once more to repair library tools that failed
+and were not repaired during the episode, commits the episode's new and
+repaired tools (single-episode mode) or hands them to the batch graph
+(``commit_mode="defer"``), computes the counters EGL is built from, and asks
+the reflection model for a short note.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from insitu.context import InsituContext
+from insitu.events import emit
+from insitu.graphs.state import EpisodeMetrics, EpisodeState
+from insitu.nodes.common import prompt_message, settings, usage_update
+from insitu.nodes.executor import TOOL_FAULTS
+from insitu.nodes.tool_developer import BuildError, local_record, repair_tool
+from insitu.services import Services
+from insitu.structured import TokenUsage, message_text
+from insitu.tool_store import ChangeSet, ToolRecord
+from insitu.tool_store.errors import ToolNotFoundError
+
+ROLE = "reflection"
+MAX_REFLECTION_REPAIRS = 2
+
+
+def update_tool_stats(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Record every call of a library tool in the library's statistics."""
+    context = settings(runtime)
+    calls = [inv for inv in state.get("invocations") or [] if not inv["local"]]
+    if calls and not context.freeze_library:
+        services.store(context).record_calls(
+            [
+                (inv["tool"], inv["version"], inv["ok"], None if inv["ok"] else inv["message"])
+                for inv in calls
+            ]
+        )
+    return {}
+
+
+def failing_library_tools(state: EpisodeState) -> dict[str, dict[str, Any]]:
+    """Library tools that failed with a fault of their own and were not repaired yet."""
+    repaired = set(state.get("repaired_tools") or {})
+    failing: dict[str, dict[str, Any]] = {}
+    for inv in state.get("invocations") or []:
+        if (
+            not inv["ok"]
+            and not inv["local"]
+            and inv["kind"] in TOOL_FAULTS
+            and inv["tool"] not in repaired
+        ):
+            failing[inv["tool"]] = {
+                "args": inv["args"],
+                "error": f"{inv['kind']}: {inv['message']}",
+            }
+    return failing
+
+
+def repair_failed_tools(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Try to repair library tools that failed in this episode (not locked ones)."""
+    context = settings(runtime)
+    if context.freeze_library:
+        return {}
+    store = services.store(context)
+    repaired: dict[str, dict[str, Any]] = {}
+    usage = TokenUsage()
+    workdir = Path(state["workdir"])
+    for name, failing_call in list(failing_library_tools(state).items())[:MAX_REFLECTION_REPAIRS]:
+        try:
+            base = store.get(name)
+        except ToolNotFoundError:
+            continue
+        if base.locked:
+            emit("skipped", f"not repairing {name}: it is locked", tool=name)
+            continue
+        try:
+            spec = repair_tool(
+                base,
+                failing_call,
+                model=services.chat_model(ROLE, context),
+                sandbox=services.sandbox(context),
+                scratch_dir=workdir.parent / f".{workdir.name}-scratch",
+                workdir=workdir,
+                max_attempts=context.max_build_attempts,
+                usage=usage,
+            )
+        except BuildError as exc:
+            emit("repair_failed", f"could not repair {name}: {exc.reason[:160]}", tool=name)
+            continue
+        record = local_record(
+            spec,
+            task_id=state["task_id"],
+            origin="repaired",
+            base=base,
+            cost_tokens=usage.total_tokens,
+        )
+        repaired[name] = record.model_dump(mode="json")
+    return {"repaired_tools": repaired, "usage": usage_update(ROLE, usage)}
+
+
+def episode_changes(state: EpisodeState) -> ChangeSet:
+    """The library changes an episode proposes: its new tools and its repairs."""
+    return ChangeSet.from_episode(
+        new=[ToolRecord.model_validate(r) for r in (state.get("local_tools") or {}).values()],
+        repaired=[
+            ToolRecord.model_validate(r) for r in (state.get("repaired_tools") or {}).values()
+        ],
+        task_id=state["task_id"],
+    )
+
+
+def commit_tools(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Commit the episode's tools (``commit_mode="store"``) or hand them over ("defer").
+
+    The commit is one transaction, idempotent by the episode's task id, so a
+    resumed episode never adds a tool twice.
+    """
+    context = settings(runtime)
+    local = state.get("local_tools") or {}
+    repaired = state.get("repaired_tools") or {}
+    new_tools = [{"change": "new", **r} for r in local.values()] + [
+        {"change": "repair", **r} for r in repaired.values()
+    ]
+    if context.freeze_library or not new_tools:
+        return {"new_tools": [] if context.freeze_library else new_tools}
+    if context.commit_mode == "store":
+        result = services.store(context).commit(
+            episode_changes(state), commit_id=f"episode:{state['task_id']}"
+        )
+        emit("committed", f"committed {result.summary()} to the library")
+    return {"new_tools": new_tools}
+
+
+def summarize_episode(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Compute the evolution counters and ask for a short reflection note."""
+    context = settings(runtime)
+    invocations = state.get("invocations") or []
+    local = state.get("local_tools") or {}
+    repaired = state.get("repaired_tools") or {}
+    metrics = EpisodeMetrics(
+        tools_created=len(local),
+        tools_repaired=len(repaired),
+        tool_invocations=len(invocations),
+        tool_successes=sum(1 for i in invocations if i["ok"]),
+        rounds=state.get("rounds", 0),
+        executor_steps=state.get("executor_steps", 0),
+    )
+    used = sorted({f"{i['tool']}@{i['version']}" for i in invocations})
+    tools_text = (
+        "\n".join(
+            [f"- used {u}" for u in used]
+            + [f"- built {n}" for n in local]
+            + [f"- repaired {n}" for n in repaired]
+            + [
+                f"- could not build {f['name']}: {f['reason'][:200]}"
+                for f in state.get("build_failures") or []
+            ]
+        )
+        or "(no tools)"
+    )
+    usage = TokenUsage()
+    try:
+        reply = services.chat_model(ROLE, context).invoke(
+            prompt_message(
+                "reflection",
+                task=state["task"][:2000],
+                status=state.get("status", "incomplete"),
+                answer=(state.get("answer") or "")[:1500],
+                tools=tools_text,
+            )
+        )
+        usage.add_response(reply)
+        note = message_text(reply).strip()
+    except Exception as exc:  # a note is not worth failing an answered task
+        note = f"(no reflection: the model call failed: {exc})"
+    return {
+        "metrics": metrics,
+        "tools_used": used,
+        "tools_created": sorted(local),
+        "tools_repaired": sorted(repaired),
+        "reflection": note or "(empty reflection)",
+        "usage": usage_update(ROLE, usage),
+    }

@@ -1,0 +1,154 @@
+"""Admission: turn source + tests into a verified ``ToolSpec``, or say precisely why not.
+
+One pipeline serves every way a tool enters a library (the ToolDeveloper's new
+tools, repairs, merges, ``insitu tools add``): static checks, the declared
+dependencies against the store's tool environment, the schemas derived in the
+sandbox, then the tool's own tests in the sandbox. Each failure is an
+:class:`AdmissionError` whose message is written for the model that will fix
+the code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from insitu.tool_store.contract import (
+    ContractError,
+    ToolSpec,
+    ToolTest,
+    validate_source,
+    validate_tests,
+)
+
+if TYPE_CHECKING:
+    from insitu.sandbox import Sandbox
+
+Stage = Literal["static", "dependencies", "describe", "tests"]
+
+
+class AdmissionError(ValueError):
+    """A tool was not admitted; ``stage`` says where it failed."""
+
+    def __init__(self, stage: Stage, message: str, name: str | None = None) -> None:
+        self.stage = stage
+        self.name = name
+        super().__init__(message)
+
+
+def secrets_from_env(names: Iterable[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the declared secrets that are set in the environment.
+
+    Only these variables ever reach the sandbox; undeclared ones never do.
+
+    Args:
+        names: The secret names a tool declares.
+        env: Where to read them (default ``os.environ``).
+    """
+    env = os.environ if env is None else env
+    return {name: env[name] for name in names if name in env}
+
+
+def admit_tool(
+    source: str,
+    tests: Sequence[Mapping[str, Any] | ToolTest],
+    *,
+    sandbox: Sandbox,
+    scratch_dir: Path,
+    expected_name: str | None = None,
+    extra_checks: Sequence[Mapping[str, Any]] = (),
+    extra_workdir: Path | None = None,
+) -> ToolSpec:
+    """Verify a tool end to end and return its spec.
+
+    The tests run in a fresh directory under ``scratch_dir`` holding only the
+    cases' own ``files``, so that kept tests never depend on one task's files.
+
+    Args:
+        source: The tool module.
+        tests: Its test cases (dicts or ``ToolTest``), kept with the tool.
+        sandbox: Where the module is imported and its tests run.
+        scratch_dir: Where the temporary test directory is made.
+        expected_name: The name it was requested under, if any.
+        extra_checks: Cases that must pass too but are not kept (e.g. the call
+            that made a repair necessary), run in ``extra_workdir``.
+        extra_workdir: The directory of ``extra_checks`` (e.g. the episode's).
+
+    Returns:
+        The spec, with schemas derived from the module.
+
+    Raises:
+        AdmissionError: At the first failing stage, with a model-readable reason.
+    """
+    try:
+        info = validate_source(source, expected_name=expected_name)
+        cases = validate_tests(tests)
+    except ContractError as exc:
+        raise AdmissionError("static", str(exc), exc.name or expected_name) from None
+    meta = info.meta
+    name = meta["name"]
+    dependencies = list(meta.get("dependencies", []))
+    if dependencies and sandbox.toolenv is not None:
+        report = sandbox.toolenv.ensure(dependencies)
+        if not report.ok:
+            raise AdmissionError(
+                "dependencies",
+                f"tool '{name}' cannot get its dependencies: {report.reason}. Use the standard "
+                "library or other packages instead.",
+                name,
+            )
+    described = sandbox.describe(source)
+    if not described.ok:
+        detail = f"\n{described.traceback}" if described.traceback else ""
+        raise AdmissionError(
+            "describe",
+            f"tool '{name}' could not be imported in the sandbox ({described.kind}): "
+            f"{described.message}{detail}",
+            name,
+        )
+    secrets = list(meta.get("secrets", []))
+    network = bool(meta.get("network", False))
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"admit-{name}-", dir=scratch_dir))
+    try:
+        for case in cases:
+            for file_name, content in case.files.items():
+                (workdir / file_name).write_text(content)
+        report = sandbox.run_tests(
+            source,
+            [case.model_dump(exclude={"files"}) for case in cases],
+            workdir=workdir,
+            network=network,
+            secrets=secrets_from_env(secrets),
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not report.passed:
+        raise AdmissionError("tests", f"tool '{name}' failed its tests:\n{report.message}", name)
+    if extra_checks:
+        report = sandbox.run_tests(
+            source,
+            list(extra_checks),
+            workdir=extra_workdir or scratch_dir,
+            network=network,
+            secrets=secrets_from_env(secrets),
+        )
+        if not report.passed:
+            raise AdmissionError(
+                "tests", f"tool '{name}' still fails the call it must fix:\n{report.message}", name
+            )
+    return ToolSpec(
+        name=name,
+        description=meta["description"].strip(),
+        source=source,
+        input_schema=described.output["input_schema"],
+        output_schema=described.output["output_schema"],
+        dependencies=dependencies,
+        secrets=secrets,
+        network=network,
+        tests=cases,
+    )
