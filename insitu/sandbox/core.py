@@ -1,0 +1,602 @@
+"""The :class:`Sandbox`: runs tool modules in isolation, with a pool of warm workers.
+
+Every public method returns a structured value (:class:`Outcome`,
+:class:`TestReport`); nothing a tool does, and no failure of the sandbox
+machinery, raises into the caller. A Sandbox is safe to use from many threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from insitu.sandbox import backend as backends
+from insitu.sandbox import runner
+from insitu.sandbox.models import ErrorKind, Outcome, SandboxSettings, TestCaseResult, TestReport
+from insitu.sandbox.worker import SandboxProcess, WorkerError
+
+if TYPE_CHECKING:
+    from insitu.sandbox.toolenv import ToolEnvironment
+
+_KNOWN_CASE_KEYS = ("name", "input", "expect", "check", "expect_error")
+
+_live_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for sandbox in list(_live_sandboxes):
+        sandbox.close(graceful=False)
+
+
+atexit.register(_close_all_at_exit)
+
+
+class _PoolTimeout(Exception):
+    pass
+
+
+class _Pool:
+    """Warm workers keyed by (workdir and its inode, network, python), bounded, LRU-evicted.
+
+    A worker serves one call at a time: ``acquire`` hands out an idle worker of
+    the key, else starts one while under the bound, else evicts the least
+    recently used idle worker of another key, else waits.
+    """
+
+    def __init__(self, start: Any, max_workers: int, idle_timeout_s: float) -> None:
+        self._start = start
+        self._max = max_workers
+        self._idle_timeout = idle_timeout_s
+        self._cond = threading.Condition()
+        self._idle: OrderedDict[int, SandboxProcess] = OrderedDict()
+        self._busy: set[int] = set()
+        self._starting = 0
+        self._closed = False
+
+    def acquire(self, key: tuple[Any, ...], timeout_s: float) -> SandboxProcess:
+        """Return a worker for ``key`` reserved for the caller.
+
+        Raises:
+            WorkerError: A new worker could not start.
+            _PoolTimeout: No worker became free in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        to_close: list[SandboxProcess] = []
+        try:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        raise WorkerError("sandbox", "the sandbox is closed")
+                    to_close.extend(self._expired())
+                    for ident in reversed(self._idle):
+                        worker = self._idle[ident]
+                        if worker.key == key:
+                            del self._idle[ident]
+                            if worker.alive:
+                                self._busy.add(ident)
+                                return worker
+                            to_close.append(worker)
+                            break
+                    else:
+                        total = len(self._idle) + len(self._busy) + self._starting
+                        if total < self._max:
+                            self._starting += 1
+                            break
+                        if self._idle:
+                            _, victim = self._idle.popitem(last=False)
+                            to_close.append(victim)
+                            self._starting += 1
+                            break
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise _PoolTimeout
+                        self._cond.wait(remaining)
+        finally:
+            for worker in to_close:
+                worker.close(graceful=False)
+        try:
+            worker = self._start(key)
+        except BaseException:
+            with self._cond:
+                self._starting -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._starting -= 1
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._busy.add(id(worker))
+        if closed:
+            worker.close(graceful=False)
+            raise WorkerError("sandbox", "the sandbox is closed")
+        return worker
+
+    def _expired(self) -> list[SandboxProcess]:
+        now = time.monotonic()
+        old = [
+            ident
+            for ident, worker in self._idle.items()
+            if now - worker.last_used > self._idle_timeout or not worker.alive
+        ]
+        return [self._idle.pop(ident) for ident in old]
+
+    def release(self, worker: SandboxProcess, healthy: bool) -> None:
+        """Return a worker after a call; an unhealthy one is closed instead."""
+        with self._cond:
+            self._busy.discard(id(worker))
+            keep = healthy and not self._closed and worker.alive
+            if keep:
+                self._idle[id(worker)] = worker
+                self._idle.move_to_end(id(worker))
+            self._cond.notify()
+        if not keep:
+            worker.close(graceful=False)
+
+    def close(self, graceful: bool = True) -> None:
+        """Close idle workers now; busy ones are closed when released."""
+        with self._cond:
+            self._closed = True
+            workers = list(self._idle.values())
+            self._idle.clear()
+            self._cond.notify_all()
+        for worker in workers:
+            worker.close(graceful=graceful)
+
+    @property
+    def size(self) -> int:
+        """Live workers (idle + busy + starting)."""
+        with self._cond:
+            return len(self._idle) + len(self._busy) + self._starting
+
+
+class Sandbox:
+    """Runs tool modules (describe, call, test) in a real sandbox.
+
+    Attributes:
+        settings: Limits and policy.
+        toolenv: The tool environment whose interpreter runs the tools, if any.
+        backend: The backend in use: ``"bwrap"`` or ``"degraded"``.
+        info: What the probe found on this machine.
+    """
+
+    def __init__(
+        self,
+        settings: SandboxSettings | None = None,
+        *,
+        toolenv: ToolEnvironment | None = None,
+    ) -> None:
+        """Probe the backend (once per process) and prepare the worker pool.
+
+        Args:
+            settings: Limits and policy (default: ``SandboxSettings()``).
+            toolenv: Tool environment for dependencies (default: built from
+                ``settings.toolenv_dir`` if set, else none).
+        """
+        self.settings = settings or SandboxSettings()
+        if toolenv is None and self.settings.toolenv_dir:
+            from insitu.sandbox.toolenv import ToolEnvironment
+
+            toolenv = ToolEnvironment(
+                Path(self.settings.toolenv_dir),
+                allow=self.settings.allow_packages,
+                deny=list(self.settings.deny_packages),
+                installer_enabled=self.settings.install_dependencies,
+                index_url=self.settings.pip_index_url,
+                extra_index_urls=list(self.settings.pip_extra_index_urls),
+                pip_timeout_s=self.settings.pip_timeout_s,
+                only_binary=self.settings.pip_only_binary,
+            )
+        self.toolenv = toolenv
+        self.info = backends.probe_backend(uid_range=self.settings.uid_range)
+        self._unusable = ""
+        wanted = self.settings.backend
+        if wanted == "bwrap":
+            self.backend = "bwrap"
+            if not self.info.bwrap_works:
+                self._unusable = (
+                    f"the bwrap sandbox backend was requested but cannot run here: "
+                    f"{self.info.bwrap_error}"
+                )
+        elif wanted == "degraded":
+            self.backend = "degraded"
+        else:
+            self.backend = self.info.backend
+        if self.backend == "degraded":
+            backends.warn_degraded_once(self.info.statement("degraded"))
+        self._root = backends.is_root()
+        low, high = self.settings.uid_range
+        self._uids = (
+            backends.uid_allocator(low, high, self.settings.sandbox_gid) if self._root else None
+        )
+        self._pool = _Pool(
+            self._start_worker, self.settings.max_workers, self.settings.idle_timeout_s
+        )
+        self._scratch: str | None = None
+        self._scratch_lock = threading.Lock()
+        self._python_lock = threading.Lock()
+        self._python: str | None = None
+        self._ro_cache: dict[str, list[str]] = {}
+        self._closed = False
+        _live_sandboxes.add(self)
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def isolation(self) -> str:
+        """Human-readable statement of what this sandbox isolates and what it does not."""
+        if self._unusable:
+            return self._unusable
+        return self.info.statement(self.backend)
+
+    def describe(self, source: str, *, timeout_s: float | None = None) -> Outcome:
+        """Import a tool module in the sandbox and describe it.
+
+        Args:
+            source: The tool module.
+            timeout_s: Wall-clock limit (default: the settings').
+
+        Returns:
+            On success ``output`` is ``{"name", "description", "dependencies",
+            "secrets", "network", "input_schema", "output_schema"}``.
+        """
+        try:
+            workdir = self._scratch_dir()
+        except OSError as exc:
+            return Outcome.failure(ErrorKind.SANDBOX, f"cannot create a scratch directory: {exc}")
+        response = self._run(
+            {"op": "describe", "source": source},
+            workdir=workdir,
+            network=False,
+            secrets=None,
+            timeout_s=timeout_s,
+            warm=True,
+        )
+        return response[0]
+
+    def call(
+        self,
+        source: str,
+        payload: dict[str, Any],
+        *,
+        workdir: Path,
+        network: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        warm: bool = True,
+    ) -> Outcome:
+        """Call a tool once in the sandbox.
+
+        Args:
+            source: The tool module.
+            payload: The input (validated against the tool's InputModel inside).
+            workdir: The call's writable directory and cwd (created if missing).
+            network: Give the call network access (only for tools declaring it).
+            secrets: Environment variables to set for this call only.
+            timeout_s: Wall-clock limit (default: the settings').
+            warm: Use a warm worker (fork per call) instead of a fresh sandbox.
+
+        Returns:
+            The outcome; never raises.
+        """
+        outcome, _ = self._run(
+            {"op": "call", "source": source, "payload": payload},
+            workdir=workdir,
+            network=network,
+            secrets=secrets,
+            timeout_s=timeout_s,
+            warm=warm,
+        )
+        return outcome
+
+    def run_tests(
+        self,
+        source: str,
+        tests: Sequence[Mapping[str, Any]],
+        *,
+        workdir: Path,
+        network: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        warm: bool = True,
+    ) -> TestReport:
+        """Run a tool's test cases in the sandbox, each in its own call.
+
+        Args:
+            source: The tool module.
+            tests: Cases ``{"name", "input", "expect", "check", "expect_error"}``.
+            workdir: Writable directory and cwd of every case.
+            network: Give the calls network access.
+            secrets: Environment variables for the calls.
+            timeout_s: Wall-clock limit per case (default: the settings').
+            warm: Use warm workers.
+
+        Returns:
+            The report; ``passed`` is false when there are no cases.
+        """
+        results: list[TestCaseResult] = []
+        for index, raw in enumerate(tests):
+            case = dict(raw) if isinstance(raw, Mapping) else {}
+            name = str(case.get("name") or f"case_{index + 1}")
+            case = {key: case.get(key) for key in _KNOWN_CASE_KEYS}
+            case["name"] = name
+            problem = _malformed(raw)
+            if problem:
+                message = f"test {name!r}: malformed test case: {problem}"
+                results.append(
+                    TestCaseResult(
+                        name=name,
+                        passed=False,
+                        message=message,
+                        outcome=Outcome.failure(ErrorKind.SANDBOX, message),
+                    )
+                )
+                continue
+            outcome, test = self._run(
+                {"op": "test", "source": source, "case": case},
+                workdir=workdir,
+                network=network,
+                secrets=secrets,
+                timeout_s=timeout_s,
+                warm=warm,
+                case=case,
+            )
+            passed, message = test
+            results.append(
+                TestCaseResult(name=name, passed=passed, message=message, outcome=outcome)
+            )
+        failures = [r for r in results if not r.passed]
+        if not results:
+            summary = "no test cases were given"
+        else:
+            summary = f"{len(results) - len(failures)}/{len(results)} test(s) passed."
+            if failures:
+                summary += "\n" + "\n".join(f"FAILED {r.message}" for r in failures)
+        return TestReport(passed=bool(results) and not failures, results=results, message=summary)
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop every worker and remove scratch files. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close(graceful=graceful)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        _live_sandboxes.discard(self)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def worker_count(self) -> int:
+        """Number of live warm workers."""
+        return self._pool.size
+
+    # -- internals -------------------------------------------------------------
+
+    def _scratch_dir(self) -> Path:
+        with self._scratch_lock:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix="insitu-sandbox-")
+            return Path(self._scratch)
+
+    def python(self) -> str:
+        """Return the interpreter the tools run with (creating the tool environment)."""
+        with self._python_lock:
+            if self._python is None:
+                if self.settings.python:
+                    self._python = self.settings.python
+                elif self.toolenv is not None:
+                    self._python = str(self.toolenv.create())
+                else:
+                    self._python = sys.executable
+            return self._python
+
+    def _ro_paths(self, python: str) -> list[str]:
+        # Computed once per interpreter: resolving them costs milliseconds.
+        cached = self._ro_cache.get(python)
+        if cached is None:
+            paths = backends.python_paths(python)
+            if self.toolenv is not None:
+                paths.append(str(self.toolenv.root))
+                paths.extend(self.toolenv.host_site_dirs())
+            paths.extend(self.settings.extra_ro_paths)
+            cached = self._ro_cache[python] = backends.minimal_dirs(paths)
+        return cached
+
+    def _run(
+        self,
+        request: dict[str, Any],
+        *,
+        workdir: Path,
+        network: bool,
+        secrets: Mapping[str, str] | None,
+        timeout_s: float | None,
+        warm: bool,
+        case: dict[str, Any] | None = None,
+    ) -> tuple[Outcome, tuple[bool, str]]:
+        """Run one request; map every failure onto an outcome (and a test verdict)."""
+        started = time.monotonic()
+
+        def fail(kind: ErrorKind, message: str) -> tuple[Outcome, tuple[bool, str]]:
+            outcome = Outcome.failure(kind, message, (time.monotonic() - started) * 1000.0)
+            verdict = runner.verdict(case, outcome.model_dump(mode="json")) if case else (False, "")
+            return outcome, verdict
+
+        try:
+            if self._closed:
+                return fail(ErrorKind.SANDBOX, "the sandbox is closed")
+            if self._unusable:
+                return fail(ErrorKind.SANDBOX, self._unusable)
+            timeout = float(timeout_s if timeout_s is not None else self.settings.timeout_s)
+            python = self.python()
+            workdir = Path(os.path.realpath(os.fspath(workdir)))
+            problem = backends.check_workdir(workdir, self._ro_paths(python))
+            if problem:
+                return fail(ErrorKind.SANDBOX, problem)
+            workdir.mkdir(parents=True, exist_ok=True)
+            if self._root:
+                backends.prepare_workdir(workdir, self.settings.sandbox_gid)
+            # The inode is part of the key: a worker bound to a since-deleted
+            # directory of the same name must not serve the new one.
+            st = os.stat(workdir)
+            request = dict(request)
+            request.update(
+                timeout_s=timeout,
+                limits=self.settings.limits(timeout),
+                output_bytes=self.settings.output_bytes,
+                result_bytes=self.settings.result_bytes,
+                secrets={str(k): str(v) for k, v in (secrets or {}).items()},
+            )
+            key = (str(workdir), st.st_dev, st.st_ino, bool(network), python)
+            response = self._exchange(key, request, timeout, warm)
+        except WorkerError as exc:
+            kind = (
+                ErrorKind(exc.kind)
+                if exc.kind in ErrorKind.__members__.values()
+                else ErrorKind.SANDBOX
+            )
+            message = exc.message
+            if kind is ErrorKind.CRASH:
+                message = (
+                    f"the sandbox worker died during the call ({message}); the tool probably "
+                    "killed its parent process or every process of its uid"
+                )
+            elif kind is ErrorKind.TIMEOUT:
+                message = (
+                    f"the call exceeded the wall-clock limit and the sandbox did not answer "
+                    f"({message}); it was killed"
+                )
+            return fail(kind, message)
+        except _PoolTimeout:
+            return fail(
+                ErrorKind.SANDBOX,
+                f"all {self.settings.max_workers} sandbox workers stayed busy for "
+                f"{self.settings.queue_timeout_s:g} s",
+            )
+        except Exception as exc:  # our own bug or environment failure: still an outcome
+            return fail(ErrorKind.SANDBOX, f"sandbox failure: {type(exc).__name__}: {exc}")
+        try:
+            data = dict(response.get("outcome") or {})
+            data["duration_ms"] = (time.monotonic() - started) * 1000.0
+            outcome = Outcome.model_validate(data)
+        except Exception as exc:
+            return fail(ErrorKind.SANDBOX, f"the sandbox returned an unreadable outcome: {exc}")
+        test = response.get("test") or {}
+        verdict = (bool(test.get("passed")), str(test.get("message", "")))
+        return outcome, verdict
+
+    def _exchange(
+        self, key: tuple[Any, ...], request: dict[str, Any], timeout: float, warm: bool
+    ) -> dict[str, Any]:
+        host_timeout = timeout + self.settings.grace_s
+        if not warm:
+            worker = self._start_worker(key, oneshot=True)
+            try:
+                return worker.request(request, host_timeout)
+            finally:
+                # The answer is in; tearing the sandbox down need not delay it.
+                threading.Thread(
+                    target=worker.close, name="insitu-sandbox-close", daemon=True
+                ).start()
+        # A worker found dead before the request was sent is replaced silently;
+        # once the request is in, a death is the call's outcome (crash).
+        for attempt in range(2):
+            worker = self._pool.acquire(key, self.settings.queue_timeout_s)
+            if not worker.alive and attempt == 0:
+                self._pool.release(worker, healthy=False)
+                continue
+            healthy = False
+            try:
+                response = worker.request(request, host_timeout)
+                healthy = True
+                return response
+            finally:
+                self._pool.release(worker, healthy=healthy)
+        raise WorkerError("sandbox", "could not get a live sandbox worker")
+
+    def _start_worker(self, key: tuple[Any, ...], oneshot: bool = False) -> SandboxProcess:
+        workdir, _dev, _ino, network, python = key
+        lease = self._uids.acquire() if self._uids is not None else None
+        pass_fds: list[int] = []
+        data_files: list[tuple[int, str]] = []
+        try:
+            env = backends.base_env(python, workdir)
+            ro_paths = self._ro_paths(python)
+            config: dict[str, Any] = {"env": env, "oneshot": oneshot, "pdeathsig": True}
+            if lease is not None:
+                config.update(uid=lease.uid, gid=lease.gid)
+            if self.backend == "degraded" and lease is not None:
+                config["keep_read_search"] = backends.needs_read_search([*ro_paths, workdir])
+            tail = ["-I", "-B", "-c", backends.runner_source(), "serve", json.dumps(config)]
+            if self.backend == "bwrap":
+                uid, gid = (lease.uid, lease.gid) if lease else (os.getuid(), os.getgid())
+                for path, text in backends.account_files(uid, gid, workdir).items():
+                    read_end, write_end = os.pipe()
+                    os.write(write_end, text.encode())  # tiny: fits in the pipe buffer
+                    os.close(write_end)
+                    pass_fds.append(read_end)
+                    data_files.append((read_end, path))
+                argv = backends.bwrap_command(
+                    bwrap=self.info.bwrap_path or "bwrap",
+                    python=python,
+                    argv_tail=tail,
+                    workdir=workdir,
+                    ro_paths=ro_paths,
+                    env=env,
+                    network=network,
+                    tmp_size_mb=self.settings.tmp_size_mb,
+                    as_root=self._root,
+                    data_files=data_files,
+                )
+                popen_env: dict[str, str] | None = {}
+            else:
+                argv = [python, *tail]
+                popen_env = env
+            # Text re-encoding can grow captured bytes (replacement characters, JSON escapes).
+            max_frame = 16 * self.settings.output_bytes + 2 * self.settings.result_bytes + (4 << 20)
+            return SandboxProcess(
+                argv,
+                pass_fds=pass_fds,
+                env=popen_env,
+                cwd=workdir,
+                lease=lease,
+                key=key,
+                backend=self.backend,
+                startup_timeout_s=self.settings.startup_timeout_s,
+                max_frame_bytes=max_frame,
+            )
+        except BaseException:
+            if lease is not None and lease.fd >= 0:
+                lease.release()
+            raise
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+
+
+def _malformed(case: Any) -> str:
+    if not isinstance(case, Mapping):
+        return f"a test case must be an object, got {type(case).__name__}"
+    if not isinstance(case.get("input"), dict):
+        return "'input' must be an object with the tool's arguments"
+    if case.get("expect") is not None and not isinstance(case.get("expect"), dict):
+        return "'expect' must be an object (output field -> value) or null"
+    if case.get("check") is not None and not isinstance(case.get("check"), str):
+        return "'check' must be a Python expression string or null"
+    return ""

@@ -1,0 +1,1375 @@
+"""The in-sandbox runner: loads one tool module and calls it, inside the sandbox.
+
+This file runs in the *tool environment's* interpreter, inside the sandbox, so it
+may use only the standard library and pydantic (never ``insitu``). The host
+passes its text with ``python -I -B -c <this file> serve <json config>``; the
+host may also import it, to share the verdict and formatting helpers.
+
+Process layout inside one sandbox::
+
+    supervisor (root, only when a uid drop is requested)
+      └── worker (dedicated unprivileged uid; pydantic imported once)
+            └── one forked child per request (rlimits, env, secrets, tool code)
+
+The worker reads length-prefixed JSON requests on its stdin and answers on its
+stdout. For every request it forks a child that applies the limits and runs the
+tool; the worker enforces the wall-clock limit, captures (and caps) the child's
+stdout and stderr, and afterwards kills every process left under the sandbox uid,
+so nothing a tool starts outlives its call. The supervisor exists so that a tool
+killing its parent (the worker) still leaves someone behind to kill the tool's
+processes and reap them, even when the machine's init does not reap orphans.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import gc
+import inspect
+import json
+import linecache
+import math
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+import typing
+from typing import Any
+
+# ---------------------------------------------------------------------------
+# Wire format shared with the host: an 8-byte big-endian length, then UTF-8 JSON.
+# ---------------------------------------------------------------------------
+
+HEADER = struct.Struct(">Q")
+
+#: Error kinds, as their string values (the host maps them onto ``ErrorKind``).
+OK = "ok"
+TIMEOUT = "timeout"
+MEMORY = "memory"
+CRASH = "crash"
+EXCEPTION = "exception"
+INVALID_INPUT = "invalid_input"
+INVALID_OUTPUT = "invalid_output"
+DEPENDENCY = "dependency"
+SANDBOX = "sandbox"
+
+#: Outcome kinds under which an ``expect_error`` test case passes.
+EXPECTED_ERROR_KINDS = (EXCEPTION, INVALID_INPUT)
+
+#: Fd on which a call's child writes its JSON result.
+RESULT_FD = 3
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_KEEPCAPS = 8
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_RAISE = 2
+_CAP_DAC_READ_SEARCH = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_MAX_TOOL_FRAMES = 8
+#: What native code prints when an allocation fails just before it aborts.
+_OUT_OF_MEMORY_MARKERS = (
+    b"MemoryError",
+    b"std::bad_alloc",
+    b"Cannot allocate memory",
+    b"out of memory",
+    b"Out of memory",
+    b"failed to allocate",
+)
+_REPR_LIMIT = 300
+
+
+def encode_frame(obj: Any) -> bytes:
+    """Encode one protocol message.
+
+    Args:
+        obj: A JSON-able object.
+
+    Returns:
+        The length header followed by the JSON bytes.
+    """
+    data = json.dumps(obj, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
+    return HEADER.pack(len(data)) + data
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> Any:
+    """Read one protocol message from a blocking fd.
+
+    Args:
+        fd: The file descriptor to read.
+
+    Returns:
+        The decoded object, or ``None`` at end of file.
+    """
+    header = _read_exact(fd, HEADER.size)
+    if header is None:
+        return None
+    (size,) = HEADER.unpack(header)
+    body = _read_exact(fd, size)
+    if body is None:
+        return None
+    return json.loads(body.decode("utf-8", "surrogatepass"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+# ---------------------------------------------------------------------------
+# Small helpers for messages a model can act on.
+# ---------------------------------------------------------------------------
+
+
+def short_repr(value: Any, limit: int = _REPR_LIMIT) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters with a visible marker.
+
+    Args:
+        value: Anything.
+        limit: Longest text returned before the marker.
+
+    Returns:
+        The (possibly trimmed) representation.
+    """
+    try:
+        text = repr(value)
+    except Exception as exc:  # a hostile __repr__ must not break the report
+        text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+    if len(text) > limit:
+        text = text[:limit] + f"…[{len(text) - limit} more characters]"
+    return text
+
+
+def _path_text(path: tuple[Any, ...], root: str = "output") -> str:
+    return root + "".join(f"[{part!r}]" for part in path)
+
+
+def outcome(
+    kind: str, message: str = "", traceback_text: str = "", output: Any = None
+) -> dict[str, Any]:
+    """Build the outcome dictionary that crosses the process boundaries.
+
+    Args:
+        kind: One of the kind constants of this module.
+        message: The LLM-readable message.
+        traceback_text: Trimmed traceback, if any.
+        output: The JSON-able output on success.
+
+    Returns:
+        A plain dict with the fields of ``insitu.sandbox.Outcome``.
+    """
+    return {
+        "ok": kind == OK,
+        "kind": kind,
+        "message": message,
+        "traceback": traceback_text,
+        "output": output,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Test-case verdicts (shared by the child, the worker and the host).
+# ---------------------------------------------------------------------------
+
+
+def approx(a: Any, b: Any, rel: float = 1e-6, abs: float = 1e-9) -> bool:
+    """Compare numbers (or lists/dicts of numbers) within a tolerance.
+
+    Args:
+        a: First value.
+        b: Second value.
+        rel: Relative tolerance.
+        abs: Absolute tolerance (for values near zero).
+
+    Returns:
+        Whether the values are equal within the tolerance, recursively.
+    """
+    return _mismatch(b, a, (), rel=rel, abs_tol=abs) is None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _mismatch(
+    expected: Any, got: Any, path: tuple[Any, ...], rel: float = 1e-6, abs_tol: float = 1e-12
+) -> tuple[tuple[Any, ...], str] | None:
+    """Return (path, reason) of the first difference, or ``None`` when equal."""
+    if _is_number(expected) and _is_number(got):
+        if isinstance(expected, int) and isinstance(got, int):
+            equal = expected == got
+        elif math.isnan(float(expected)) or math.isnan(float(got)):
+            equal = math.isnan(float(expected)) and math.isnan(float(got))
+        else:
+            equal = math.isclose(float(expected), float(got), rel_tol=rel, abs_tol=abs_tol)
+        if equal:
+            return None
+        return path, f"== {short_repr(expected)} expected, got {short_repr(got)}"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        missing = [key for key in expected if key not in got]
+        if missing:
+            return path, (
+                f"missing key(s) {', '.join(map(repr, missing))}; got keys "
+                f"{short_repr(sorted(map(str, got)))}"
+            )
+        extra = [key for key in got if key not in expected]
+        if extra:
+            return path, (
+                f"unexpected key(s) {', '.join(map(repr, extra))} (expected exactly "
+                f"{short_repr(sorted(map(str, expected)))})"
+            )
+        for key, value in expected.items():
+            found = _mismatch(value, got[key], (*path, key), rel, abs_tol)
+            if found:
+                return found
+        return None
+    if isinstance(expected, list | tuple) and isinstance(got, list | tuple):
+        if len(expected) != len(got):
+            return path, (
+                f"{len(expected)} item(s) expected, got {len(got)}: {short_repr(list(got))}"
+            )
+        for index, (exp_item, got_item) in enumerate(zip(expected, got, strict=True)):
+            found = _mismatch(exp_item, got_item, (*path, index), rel, abs_tol)
+            if found:
+                return found
+        return None
+    # bool is compared strictly: JSON true is not the number 1.
+    if type(expected) is not type(got) and (isinstance(expected, bool) or isinstance(got, bool)):
+        return path, f"== {short_repr(expected)} expected, got {short_repr(got)}"
+    if expected == got:
+        return None
+    return path, f"== {short_repr(expected)} expected, got {short_repr(got)}"
+
+
+def verdict(case: dict[str, Any], result: dict[str, Any]) -> tuple[bool, str]:
+    """Decide whether a test case passed, given the outcome of its call.
+
+    ``check`` is only evaluated for a successful call; it runs user code, so it
+    must only be called that way inside the sandbox.
+
+    Args:
+        case: The test case (``name``, ``input``, ``expect``, ``check``, ``expect_error``).
+        result: The outcome dict of the call.
+
+    Returns:
+        ``(passed, message)``; the message is precise enough for a model to act on.
+    """
+    name = case.get("name")
+    prefix = f"test {name!r}: "
+    kind = result.get("kind")
+    if case.get("expect_error"):
+        if kind in EXPECTED_ERROR_KINDS:
+            return True, prefix + f"failed as expected ({kind}: {result.get('message', '')})"
+        if result.get("ok"):
+            return False, prefix + (
+                "expected the call to fail (exception or invalid input), but it succeeded "
+                f"with output {short_repr(result.get('output'))}"
+            )
+        return False, prefix + (
+            f"expected an exception or invalid input, but the call failed with {kind}: "
+            f"{result.get('message', '')}"
+        )
+    if not result.get("ok"):
+        text = prefix + f"the call failed ({kind}): {result.get('message', '')}"
+        if result.get("traceback"):
+            text += "\n" + result["traceback"]
+        return False, text
+    output = result.get("output")
+    expect = case.get("expect")
+    if expect:
+        if not isinstance(output, dict):
+            return False, prefix + f"output is not an object: {short_repr(output)}"
+        for key, expected in expect.items():
+            if key not in output:
+                return False, prefix + (
+                    f"output has no field {key!r} (fields: {', '.join(map(str, output)) or 'none'})"
+                )
+            found = _mismatch(expected, output[key], (key,))
+            if found:
+                path, reason = found
+                separator = " " if reason.startswith("== ") else ": "
+                return False, prefix + _path_text(path) + separator + reason
+    check = case.get("check")
+    if check:
+        names = {
+            "output": output,
+            "input": case.get("input"),
+            "math": math,
+            "approx": approx,
+        }
+        try:
+            value = eval(compile(check, "<check>", "eval"), names)  # sandboxed: inside the child
+        except BaseException as exc:
+            return False, prefix + (
+                f"check raised {type(exc).__name__}: {exc}: {check} "
+                f"(output was {short_repr(output)})"
+            )
+        if not value:
+            return False, prefix + f"check failed: {check} (output was {short_repr(output)})"
+    return True, prefix + "passed"
+
+
+# ---------------------------------------------------------------------------
+# Loading and calling a tool (runs in the per-call child).
+# ---------------------------------------------------------------------------
+
+
+class ToolError(Exception):
+    """A failure with a known kind, raised inside the child and reported as is."""
+
+    def __init__(self, kind: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.traceback_text = traceback_text
+
+
+def literal_meta(source: str) -> dict[str, Any]:
+    """Read ``__TOOL_META__`` without running the module, if it is a literal.
+
+    Args:
+        source: The tool module's source.
+
+    Returns:
+        The dict, or ``{}`` when absent, not literal or the source does not parse.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    for node in tree.body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id == "__TOOL_META__":
+                try:
+                    value = ast.literal_eval(node.value)
+                except (ValueError, SyntaxError, TypeError):
+                    return {}
+                return value if isinstance(value, dict) else {}
+    return {}
+
+
+def tool_filename(source: str) -> str:
+    """Return the pseudo file name under which a tool is compiled (``<tool:NAME>``)."""
+    name = literal_meta(source).get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        name = "tool"
+    return f"<tool:{name}>"
+
+
+def trimmed_traceback(exc: BaseException) -> str:
+    """Format a traceback keeping only the tool's own frames.
+
+    The frames of the runner and of libraries are dropped, except the innermost
+    frame (where the exception was raised), which tells where a library failed.
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        The trimmed traceback text, or ``""`` when no tool frame is involved.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    tool_indices = [i for i, frame in enumerate(frames) if frame.filename.startswith("<tool:")]
+    if not tool_indices:
+        return ""
+    kept = [frames[i] for i in tool_indices[-_MAX_TOOL_FRAMES:]]
+    lines = ["Traceback (most recent call last; tool frames only):"]
+    if len(tool_indices) > _MAX_TOOL_FRAMES:
+        lines.append(f"  … {len(tool_indices) - _MAX_TOOL_FRAMES} earlier tool frame(s) omitted")
+    lines.extend(line.rstrip("\n") for line in traceback.format_list(kept))
+    last = frames[-1]
+    if not last.filename.startswith("<tool:"):
+        lines.append(
+            f"  … raised in {os.path.basename(last.filename)}, line {last.lineno}, in {last.name}"
+        )
+    lines.extend(line.rstrip("\n") for line in traceback.format_exception_only(type(exc), exc))
+    return "\n".join(lines)
+
+
+def exception_message(exc: BaseException, limits: dict[str, Any]) -> str:
+    """Return ``ExcType: message`` with a hint when a sandbox limit caused it."""
+    text = str(exc)
+    if len(text) > 2000:
+        text = text[:2000] + f"…[{len(text) - 2000} more characters]"
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        message += f" (the sandbox limits any file to {limits.get('file_size_mb')} MiB)"
+    elif isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        message += f" (the sandbox limits open files to {limits.get('open_files')})"
+    elif isinstance(exc, BlockingIOError | OSError) and exc.errno == errno.EAGAIN:
+        message += f" (the sandbox limits processes and threads to {limits.get('processes')})"
+    elif isinstance(exc, SystemExit):
+        message = f"SystemExit: the tool called sys.exit({exc.code!r})"
+    return message
+
+
+def classify_exception(exc: BaseException, limits: dict[str, Any]) -> ToolError:
+    """Map an exception raised by tool code onto an error kind."""
+    tb = trimmed_traceback(exc)
+    if isinstance(exc, ToolError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return ToolError(
+            MEMORY,
+            f"MemoryError: the tool exceeded the memory limit of {limits.get('memory_mb')} MiB "
+            "(address space)",
+            tb,
+        )
+    if isinstance(exc, ModuleNotFoundError):
+        module = exc.name or str(exc)
+        return ToolError(
+            DEPENDENCY,
+            f"module {module!r} is not installed in the tool environment ({exc}); declare its "
+            "PyPI distribution in __TOOL_META__['dependencies'] or use the standard library",
+            tb,
+        )
+    return ToolError(EXCEPTION, exception_message(exc, limits), tb)
+
+
+def format_validation_error(exc: Any, what: str) -> str:
+    """Render a pydantic ``ValidationError`` as one precise line per error.
+
+    Args:
+        exc: The ``ValidationError``.
+        what: What was validated (``"the input (InputModel)"``).
+
+    Returns:
+        A header plus ``- location: message (got value)`` lines.
+    """
+    errors = exc.errors(include_url=False)
+    lines = [f"{len(errors)} validation error(s) in {what}:"]
+    for error in errors[:20]:
+        location = ""
+        for part in error.get("loc", ()):
+            location += (
+                f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+            )
+        location = location or "(the whole object)"
+        line = f"- {location}: {error.get('msg', 'invalid')}"
+        if error.get("type") != "missing" and "input" in error:
+            line += f" (got {short_repr(error['input'], 120)})"
+        lines.append(line)
+    if len(errors) > 20:
+        lines.append(f"- … {len(errors) - 20} more error(s)")
+    return "\n".join(lines)
+
+
+#: Compiled tool modules by source, filled by the worker between calls so that the
+#: children it forks afterwards skip parsing and compiling (inherited on fork).
+_CODE_CACHE: dict[str, tuple[str, types.CodeType]] = {}
+_CODE_CACHE_SIZE = 32
+
+
+def precompile(source: Any) -> None:
+    """Compile a tool's source into the cache (never runs it); errors are left to the call.
+
+    Args:
+        source: The module source of a request just served.
+    """
+    if not isinstance(source, str) or source in _CODE_CACHE:
+        return
+    try:
+        filename = tool_filename(source)
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return
+    while len(_CODE_CACHE) >= _CODE_CACHE_SIZE:
+        _CODE_CACHE.pop(next(iter(_CODE_CACHE)))
+    _CODE_CACHE[source] = (filename, code)
+
+
+class LoadedTool:
+    """A tool module imported in the child, with its input and output models."""
+
+    def __init__(self, source: str) -> None:
+        from pydantic import BaseModel, create_model
+
+        cached = _CODE_CACHE.get(source)
+        if cached is not None:
+            self.filename, code = cached
+        else:
+            self.filename = tool_filename(source)
+            try:
+                code = compile(source, self.filename, "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+                raise ToolError(
+                    EXCEPTION, f"SyntaxError: {exc.msg} (line {exc.lineno})", detail
+                ) from None
+        # linecache lets tracebacks show the tool's source lines.
+        linecache.cache[self.filename] = (
+            len(source),
+            None,
+            source.splitlines(True),
+            self.filename,
+        )
+        module = types.ModuleType("insitu_tool_" + self.filename[6:-1])
+        module.__file__ = self.filename
+        # pydantic resolves postponed annotations through sys.modules.
+        sys.modules[module.__name__] = module
+        exec(code, module.__dict__)
+        self.module = module
+        meta = module.__dict__.get("__TOOL_META__")
+        self.meta: dict[str, Any] = meta if isinstance(meta, dict) else {}
+        run = module.__dict__.get("run")
+        if not callable(run):
+            raise ToolError(EXCEPTION, "the module defines no function run()")
+        self.run = run
+        try:
+            hints = typing.get_type_hints(run, globalns=module.__dict__, include_extras=True)
+        except Exception as exc:
+            raise ToolError(
+                EXCEPTION, f"cannot resolve the annotations of run(): {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            parameters = list(inspect.signature(run).parameters.values())
+        except (TypeError, ValueError) as exc:
+            raise ToolError(EXCEPTION, f"cannot read the signature of run(): {exc}") from None
+
+        def is_model(value: Any) -> bool:
+            return isinstance(value, type) and issubclass(value, BaseModel)
+
+        declared_input = module.__dict__.get("InputModel")
+        self.pass_model = True
+        if is_model(declared_input):
+            self.input_model = declared_input
+        elif len(parameters) == 1 and is_model(hints.get(parameters[0].name)):
+            self.input_model = hints[parameters[0].name]
+        else:
+            self.pass_model = False
+            fields: dict[str, Any] = {}
+            for parameter in parameters:
+                if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                    raise ToolError(
+                        EXCEPTION,
+                        f"run() has *{parameter.name} / **{parameter.name}; declare every "
+                        "parameter with a type, or define InputModel",
+                    )
+                if parameter.kind is parameter.POSITIONAL_ONLY:
+                    raise ToolError(EXCEPTION, "run() has positional-only parameters")
+                annotation = hints.get(parameter.name, Any)
+                default = ... if parameter.default is parameter.empty else parameter.default
+                fields[parameter.name] = (annotation, default)
+            try:
+                self.input_model = create_model("InputModel", __module__=module.__name__, **fields)
+            except Exception as exc:
+                raise ToolError(
+                    EXCEPTION, f"cannot build an input model from run()'s signature: {exc}"
+                ) from None
+        declared_output = module.__dict__.get("OutputModel")
+        returned = hints.get("return", Any)
+        self.wrap_output = False
+        if is_model(declared_output):
+            self.output_model = declared_output
+        elif is_model(returned):
+            self.output_model = returned
+        else:
+            self.wrap_output = True
+            try:
+                self.output_model = create_model(
+                    "OutputModel", __module__=module.__name__, result=(returned, ...)
+                )
+            except Exception as exc:
+                raise ToolError(
+                    EXCEPTION, f"cannot build an output model from run()'s return type: {exc}"
+                ) from None
+
+    def describe(self) -> dict[str, Any]:
+        """Return the tool's metadata and JSON Schemas."""
+        meta = self.meta
+        if not meta:
+            raise ToolError(EXCEPTION, "the module has no __TOOL_META__ dict")
+        for key in ("name", "description"):
+            if not isinstance(meta.get(key), str) or not meta.get(key):
+                raise ToolError(EXCEPTION, f"__TOOL_META__[{key!r}] must be a non-empty string")
+        return {
+            "name": meta["name"],
+            "description": meta["description"],
+            "dependencies": list(meta.get("dependencies") or []),
+            "secrets": list(meta.get("secrets") or []),
+            "network": bool(meta.get("network", False)),
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
+
+    def call(self, payload: Any) -> Any:
+        """Validate the payload, run the tool and return its JSON-able output dict."""
+        from pydantic import BaseModel, ValidationError
+
+        if not isinstance(payload, dict):
+            raise ToolError(
+                INVALID_INPUT, f"the input must be a JSON object, got {type(payload).__name__}"
+            )
+        try:
+            validated = self.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise ToolError(
+                INVALID_INPUT, format_validation_error(exc, "the input (InputModel)")
+            ) from None
+        if self.pass_model:
+            raw = self.run(validated)
+        else:
+            raw = self.run(
+                **{name: getattr(validated, name) for name in self.input_model.model_fields}
+            )
+        if inspect.isawaitable(raw):
+            raw = asyncio.run(_await(raw))
+        model = self.output_model
+        try:
+            if self.wrap_output:
+                result = model.model_validate({"result": raw})
+            elif isinstance(raw, model):
+                result = raw
+            elif isinstance(raw, BaseModel):
+                result = model.model_validate(raw.model_dump())
+            elif isinstance(raw, dict):
+                result = model.model_validate(raw)
+            else:
+                fields = ", ".join(model.model_fields) or "none"
+                raise ToolError(
+                    INVALID_OUTPUT,
+                    f"run() returned {type(raw).__name__} ({short_repr(raw, 120)}); it must return "
+                    f"an OutputModel instance or a dict with the fields: {fields}",
+                )
+        except ValidationError as exc:
+            raise ToolError(
+                INVALID_OUTPUT, format_validation_error(exc, "the output (OutputModel)")
+            ) from None
+        try:
+            return result.model_dump(mode="json")
+        except Exception as exc:
+            raise ToolError(
+                INVALID_OUTPUT,
+                f"the output cannot be serialised to JSON: {type(exc).__name__}: {exc}",
+            ) from None
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def execute(request: dict[str, Any]) -> dict[str, Any]:
+    """Carry out one request in the (already limited) child.
+
+    Args:
+        request: ``op`` (``describe``/``call``/``test``), ``source`` and the op's fields.
+
+    Returns:
+        ``{"outcome": {...}, "test": {"passed", "message"} | None}``.
+    """
+    op = request["op"]
+    limits = request.get("limits", {})
+    case = request.get("case") or {}
+    try:
+        tool = LoadedTool(request["source"])
+        if op == "describe":
+            result = outcome(OK, output=tool.describe())
+        else:
+            payload = case.get("input") if op == "test" else request.get("payload")
+            result = outcome(OK, output=tool.call(payload))
+    except BaseException as exc:
+        error = classify_exception(exc, limits)
+        result = outcome(error.kind, error.message, error.traceback_text)
+    test = None
+    if op == "test":
+        passed, message = verdict(case, result)
+        test = {"passed": passed, "message": message}
+    return {"outcome": result, "test": test}
+
+
+# ---------------------------------------------------------------------------
+# Privileges and process plumbing.
+# ---------------------------------------------------------------------------
+
+_libc: Any = None
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl(option, arg2, arg3, arg4, arg5)
+
+
+def _keep_read_search() -> None:
+    """Keep only CAP_DAC_READ_SEARCH (also across exec) after a uid drop.
+
+    Used by the degraded backend when the Python prefix lies in a directory
+    other users cannot enter (a pyenv under /root, a pytest temp dir): without
+    it the unprivileged uid could not even import the standard library.
+    """
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
+
+    bit = 1 << _CAP_DAC_READ_SEARCH
+    data = (Data * 2)(Data(bit, bit, bit), Data(0, 0, 0))
+    if _libc.capset(ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    if _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, _CAP_DAC_READ_SEARCH) != 0:
+        raise OSError(ctypes.get_errno(), "PR_CAP_AMBIENT_RAISE failed")
+
+
+def drop_privileges(uid: int, gid: int, keep_read_search: bool = False) -> None:
+    """Become ``uid``/``gid`` for good (no supplementary groups, no new privileges).
+
+    Args:
+        uid: The unprivileged uid.
+        gid: Its group.
+        keep_read_search: Keep CAP_DAC_READ_SEARCH (degraded backend only).
+    """
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    if keep_read_search:
+        _prctl(_PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if keep_read_search:
+        _keep_read_search()
+        _prctl(_PR_SET_KEEPCAPS, 0)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError("uid drop did not take effect")
+
+
+def kill_uid_processes(wait_s: float = 1.0) -> None:
+    """Kill every process of this (dedicated) uid except ourselves, and reap ours.
+
+    ``kill(-1, SIGKILL)`` from an unprivileged uid reaches exactly the processes
+    of that uid, so a fork bomb's survivors or a daemon a tool left behind are
+    all gone after this. The kernel delivers it to all of them at once (a process
+    with a pending SIGKILL cannot fork), so one call suffices; we then reap the
+    ones re-parented to us. Only ever called under a dedicated sandbox uid.
+
+    Args:
+        wait_s: How long to keep reaping dying children.
+    """
+    with contextlib.suppress(OSError):
+        os.kill(-1, signal.SIGKILL)
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > end:
+                return
+            time.sleep(0.001)
+
+
+def reap_children() -> None:
+    """Reap every exited child (orphans are re-parented to us: we are a subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _supervise(worker: int, config: dict[str, Any]) -> None:
+    """Stay root next to the worker; when it ends, kill what it left and exit."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise InterruptedError
+
+    signal.signal(signal.SIGTERM, on_term)
+    status = 0
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            break
+        except ChildProcessError:
+            break
+        if pid == worker:
+            break
+    # The worker is gone (or we were asked to stop): a helper under the sandbox
+    # uid kills everything of that uid, since root here may lack CAP_KILL.
+    helper = os.fork()
+    if helper == 0:
+        try:
+            drop_privileges(config["uid"], config["gid"])
+            kill_uid_processes(0.0)
+            time.sleep(0.01)
+            kill_uid_processes(0.0)
+        finally:
+            os._exit(0)
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.005)
+    code = os.waitstatus_to_exitcode(status) if status else 0
+    os._exit(code if code >= 0 else 128 - code)
+
+
+class _Capture:
+    """Keeps the first ``limit`` bytes read from a pipe and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Keep what fits under the limit, count the rest."""
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        """Return the kept bytes as text, with a marker saying how much was cut."""
+        text = self.data.decode("utf-8", "replace")
+        if self.dropped:
+            text += f"\n…[truncated {self.dropped} bytes]"
+        return text
+
+
+class _Spare:
+    """A forked, pre-warmed child waiting for its request (fds are the worker's ends)."""
+
+    def __init__(self, pid: int, request_w: int, out_r: int, err_r: int, res_r: int) -> None:
+        self.pid = pid
+        self.request_w = request_w
+        self.out_r = out_r
+        self.err_r = err_r
+        self.res_r = res_r
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+
+    def discard(self) -> None:
+        """Close our ends (the child sees end of input and exits) and kill it."""
+        for fd in (self.request_w, self.out_r, self.err_r, self.res_r, self.pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+REQUEST_FD = 4
+
+
+class Worker:
+    """The long-lived process inside the sandbox that runs each request in a child.
+
+    The child for the next request is forked and pre-warmed as soon as the
+    previous answer is sent, so neither the fork nor pydantic's first-use page
+    faults sit on the path of a call.
+    """
+
+    def __init__(self, config: dict[str, Any], proto_in: int, proto_out: int) -> None:
+        self.config = config
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.dedicated = bool(config.get("dedicated_uid"))
+        self.base_env = dict(config.get("env") or {})
+        self.spare: _Spare | None = None
+
+    def serve(self) -> None:
+        """Answer requests until end of input (or after one, in one-shot mode)."""
+        ready = {"ready": True, "uid": os.getuid(), "pid": os.getpid()}
+        _write_all(self.proto_out, encode_frame(ready))
+        oneshot = bool(self.config.get("oneshot"))
+        if not oneshot:
+            self.spare = self.fork_child()
+        while True:
+            request = read_frame(self.proto_in)
+            if request is None:
+                break
+            if request.get("op") == "ping":
+                response: dict[str, Any] = {"pong": True}
+            else:
+                response = self.handle(request)
+            _write_all(self.proto_out, encode_frame(response))
+            if oneshot:
+                break
+            reap_children()
+            precompile(request.get("source"))
+            self.spare = self.fork_child()
+        if self.spare is not None:
+            self.spare.discard()
+
+    def fork_child(self) -> _Spare:
+        """Fork the child that will run the next request, with its pipes."""
+        request_r, request_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                self._child(request_r, out_w, err_w, res_w)
+            finally:
+                os._exit(70)
+        for fd in (request_r, out_w, err_w, res_w):
+            os.close(fd)
+        return _Spare(pid, request_w, out_r, err_r, res_r)
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one request in the child and turn whatever happened into a result."""
+        limits = request.get("limits", {})
+        timeout_s = float(request.get("timeout_s", 10.0))
+        cap = int(request.get("output_bytes", 65536))
+        result_cap = int(request.get("result_bytes", 16 << 20))
+        started = time.monotonic()
+        child, self.spare = self.spare, None
+        try:
+            if child is None:
+                raise BrokenPipeError
+            _write_all(child.request_w, encode_frame(request))
+        except OSError:
+            # The spare died (or there is none): start a fresh child.
+            if child is not None:
+                child.discard()
+            reap_children()
+            child = self.fork_child()
+            _write_all(child.request_w, encode_frame(request))
+        os.close(child.request_w)
+        pid, pidfd = child.pid, child.pidfd
+        stdout, stderr = _Capture(cap), _Capture(cap)
+        result = _Capture(result_cap)
+        streams = {child.out_r: stdout, child.err_r: stderr, child.res_r: result}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        deadline = started + timeout_s
+        timed_out = False
+        status = None
+        rusage = None
+        open_fds = set(streams)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            events = poller.poll(min(remaining, 0.05 if pidfd is None else remaining) * 1000)
+            exited = False
+            for fd, _ in events:
+                if fd == pidfd:
+                    exited = True
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    streams[fd].feed(chunk)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+            if pidfd is None:
+                waited, st, usage = os.wait4(pid, os.WNOHANG)
+                if waited:
+                    status, rusage, exited = st, usage, True
+            # The child closes its pipes right after writing its result, so we can
+            # answer without waiting for its (slow) address-space teardown.
+            if exited or not open_fds:
+                break
+        if timed_out:
+            for target in (-pid, pid):
+                with contextlib.suppress(OSError):
+                    os.kill(target, signal.SIGKILL)
+        delivered = not timed_out and not open_fds and bool(result.data)
+        if status is None and not delivered:
+            _, status, rusage = os.wait4(pid, 0)
+        # Everything the call started dies with it.
+        self.cleanup(pid)
+        self._drain(streams, open_fds)
+        for fd in (*streams, *([pidfd] if pidfd is not None else [])):
+            os.close(fd)
+        elapsed = time.monotonic() - started
+        response = self._result(
+            request, status, rusage, timed_out, result, limits, timeout_s, bytes(stderr.data)
+        )
+        response["outcome"]["stdout"] = stdout.text()
+        response["outcome"]["stderr"] = stderr.text()
+        response["outcome"]["duration_ms"] = elapsed * 1000.0
+        return response
+
+    def cleanup(self, pid: int) -> None:
+        """Kill the call's process group and, under a dedicated uid, every stray.
+
+        Dying processes are reaped here when already dead, else after the answer
+        is sent, so the answer does not wait for their teardown.
+        """
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        if self.dedicated and os.getuid() != 0 and os.getuid() == self.config.get("uid"):
+            kill_uid_processes(0.0)
+        reap_children()
+
+    @staticmethod
+    def _drain(streams: dict[int, _Capture], open_fds: set[int]) -> None:
+        # Writers are dead now; read what is left, but never wait long for a
+        # pipe some unkillable process still holds.
+        end = time.monotonic() + 0.5
+        for fd in list(open_fds):
+            os.set_blocking(fd, False)
+            while time.monotonic() < end:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+                    if not ready:
+                        break
+                    continue
+                if not chunk:
+                    break
+                streams[fd].feed(chunk)
+
+    def _result(
+        self,
+        request: dict[str, Any],
+        status: int | None,
+        rusage: Any,
+        timed_out: bool,
+        result: _Capture,
+        limits: dict[str, Any],
+        timeout_s: float,
+        stderr: bytes = b"",
+    ) -> dict[str, Any]:
+        if result.dropped:
+            failure = outcome(
+                INVALID_OUTPUT,
+                f"the output is larger than the sandbox's limit of {result.limit} bytes of JSON "
+                f"({result.limit + result.dropped} bytes)",
+            )
+        elif timed_out:
+            failure = outcome(
+                TIMEOUT,
+                f"the call exceeded the wall-clock limit of {timeout_s:g} s and was killed",
+            )
+        elif result.data:
+            try:
+                return json.loads(result.data.decode("utf-8", "surrogatepass"))
+            except ValueError:
+                failure = outcome(CRASH, "the tool process returned a corrupt result")
+        else:
+            failure = self._death(status or 0, rusage, limits, stderr)
+        test = None
+        if request.get("op") == "test":
+            passed, message = verdict(request.get("case") or {}, failure)
+            test = {"passed": passed, "message": message}
+        return {"outcome": failure, "test": test}
+
+    @staticmethod
+    def _death(
+        status: int, rusage: Any, limits: dict[str, Any], stderr: bytes = b""
+    ) -> dict[str, Any]:
+        """Explain how a child that returned no result ended."""
+        cpu_used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
+        cpu_limit = float(limits.get("cpu_s") or 0)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            if sig == signal.SIGXCPU or (
+                sig == signal.SIGKILL and cpu_limit and cpu_used >= cpu_limit - 0.05
+            ):
+                return outcome(
+                    TIMEOUT,
+                    f"the call exceeded the CPU time limit of {cpu_limit:g} s and was killed",
+                )
+            if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL) and any(
+                marker in stderr for marker in _OUT_OF_MEMORY_MARKERS
+            ):
+                # Native code that cannot allocate aborts instead of raising MemoryError.
+                return outcome(
+                    MEMORY,
+                    f"the tool process died from {name} after running out of memory (limit "
+                    f"{limits.get('memory_mb')} MiB of address space)",
+                )
+            if sig == signal.SIGXFSZ:
+                return outcome(
+                    CRASH,
+                    "the tool was killed for writing a file larger than the sandbox's limit of "
+                    f"{limits.get('file_size_mb')} MiB",
+                )
+            description = {
+                signal.SIGSEGV: "segmentation fault",
+                signal.SIGBUS: "bus error",
+                signal.SIGILL: "illegal instruction",
+                signal.SIGFPE: "floating-point exception",
+                signal.SIGABRT: "aborted",
+                signal.SIGKILL: "killed",
+            }.get(sig, "signal")
+            return outcome(CRASH, f"the tool process died from signal {name} ({description})")
+        code = os.waitstatus_to_exitcode(status)
+        return outcome(
+            CRASH,
+            f"the tool process exited with status {code} without returning a result "
+            "(os._exit() or a native crash)",
+        )
+
+    def _child(self, request_r: int, out_w: int, err_w: int, res_w: int) -> None:
+        """Become a call's process: wait for the request, apply limits, run the tool."""
+        os.setpgid(0, 0)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Only the worker must stay undumpable; the call's own /proc entries
+        # should behave normally for the tool (fd listing, /proc/self/...).
+        _prctl(_PR_SET_DUMPABLE, 1)
+        # Move the pipe ends out of the way first so the dup2s below cannot clobber them.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 32) for fd in (out_w, err_w, res_w, request_r)]
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        for fd, target in zip(high, (1, 2, RESULT_FD, REQUEST_FD), strict=True):
+            os.dup2(fd, target, inheritable=target < RESULT_FD)
+        # Nothing else of the worker (its protocol pipes above all) stays reachable.
+        os.closerange(REQUEST_FD + 1, 1 << 20)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        # Pre-warming only pays off in idle time; with a request waiting, skip it.
+        if not select.select([REQUEST_FD], [], [], 0)[0]:
+            prewarm()
+        request = read_frame(REQUEST_FD)
+        os.close(REQUEST_FD)
+        if request is None:  # the worker is shutting down
+            os._exit(0)
+        limits = request.get("limits", {})
+        mib = 1 << 20
+        settings = [
+            (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_CPU, limits.get("cpu_s"), None),
+            (resource.RLIMIT_AS, limits.get("memory_mb"), mib),
+            (resource.RLIMIT_FSIZE, limits.get("file_size_mb"), mib),
+            (resource.RLIMIT_NOFILE, limits.get("open_files"), 1),
+        ]
+        if self.dedicated:
+            # NPROC counts every process of the uid: only meaningful for our own uid.
+            settings.append((resource.RLIMIT_NPROC, limits.get("processes"), 1))
+        for limit, value, unit in settings:
+            if value is None:
+                continue
+            if limit == resource.RLIMIT_CPU:
+                soft = max(1, math.ceil(float(value)))
+                resource.setrlimit(limit, (soft, soft + 1))
+            elif unit == 0:
+                resource.setrlimit(limit, (0, 0))
+            else:
+                amount = int(value) * unit
+                resource.setrlimit(limit, (amount, amount))
+        os.umask(0o002)
+        os.environ.clear()
+        os.environ.update(self.base_env)
+        os.environ.update({str(k): str(v) for k, v in (request.get("secrets") or {}).items()})
+        sys.argv = ["tool"]
+        me = os.getpid()
+        try:
+            response = execute(request)
+        except BaseException as exc:  # even the reporting failed (e.g. memory)
+            error = classify_exception(exc, limits)
+            response = {"outcome": outcome(error.kind, error.message), "test": None}
+        if os.getpid() != me:
+            # A process the tool forked returned through our code: only the call's
+            # own process may report.
+            os._exit(0)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            data = json.dumps(response, ensure_ascii=False, default=repr).encode(
+                "utf-8", "surrogatepass"
+            )
+        except BaseException as exc:
+            data = json.dumps(
+                {"outcome": outcome(INVALID_OUTPUT, f"the result cannot be encoded: {exc!r}")}
+            ).encode()
+        with contextlib.suppress(OSError):
+            _write_all(RESULT_FD, data)
+        # Closing the pipes tells the worker we are done before the exit teardown.
+        os.closerange(0, RESULT_FD + 1)
+        os._exit(0)
+
+
+_WARM_UP_TOOL = """
+import asyncio, collections, csv, datetime, decimal, functools, io, itertools, json, math, re
+import statistics, string, textwrap
+from enum import Enum
+from typing import Literal, Optional
+from pydantic import BaseModel, Field
+__TOOL_META__ = {"name": "warm_up", "description": "Warms the worker up.", "dependencies": []}
+class Color(str, Enum):
+    RED = "red"
+class Item(BaseModel):
+    label: str = Field(description="label")
+    when: Optional[datetime.date] = None
+class InputModel(BaseModel):
+    values: list[float] = Field(default_factory=list, description="numbers")
+    items: list[Item] = []
+    mapping: dict[str, int] = {}
+    mode: Literal["a", "b"] = "a"
+    color: Color = Color.RED
+class OutputModel(BaseModel):
+    total: float
+    names: list[str]
+def run(input: InputModel) -> OutputModel:
+    return OutputModel(total=sum(input.values), names=[i.label for i in input.items])
+"""
+
+_WARM_UP_SIGNATURE_TOOL = """
+def run(text: str, sep: str = ",", count: int | None = None) -> list[str]:
+    return text.split(sep)
+"""
+
+
+def warm_up() -> None:
+    """Load pydantic and everything a typical tool needs once, before any fork.
+
+    pydantic imports much of itself lazily on the first model; doing that here
+    means each forked child starts with it already in memory (a few ms per call
+    instead of ~150 ms).
+    """
+    from pydantic import ValidationError
+
+    for source, payload in (
+        (_WARM_UP_TOOL, {"values": [1, 2], "items": [{"label": "x", "when": "2024-01-02"}]}),
+        (_WARM_UP_SIGNATURE_TOOL, {"text": "a,b"}),
+    ):
+        tool = LoadedTool(source)
+        tool.describe() if tool.meta else None
+        tool.input_model.model_json_schema()
+        tool.output_model.model_json_schema()
+        tool.call(payload)
+        try:
+            tool.input_model.model_validate({"values": "x"})
+        except ValidationError as exc:
+            format_validation_error(exc, "warm-up")
+    for name in [n for n in sys.modules if n.startswith("insitu_tool_")]:
+        del sys.modules[name]
+    for key in [k for k in linecache.cache if str(k).startswith("<tool:")]:
+        del linecache.cache[key]
+
+
+_PREWARM_TOOL = """
+from pydantic import BaseModel, Field
+class InputModel(BaseModel):
+    values: list[float] = Field(description="numbers")
+    label: str = ""
+class OutputModel(BaseModel):
+    total: float
+    label: str
+def run(input: InputModel) -> OutputModel:
+    return OutputModel(total=sum(input.values), label=input.label)
+"""
+
+
+def prewarm() -> None:
+    """Touch, in a fresh child, the memory a typical tool call touches.
+
+    The child shares the worker's pages copy-on-write; the first model a child
+    builds faults in many of them. Doing it before the request arrives takes
+    those faults off the call's path.
+    """
+    try:
+        tool = LoadedTool(_PREWARM_TOOL)
+        tool.call({"values": [1.0, 2.0], "label": "x"})
+        sys.modules.pop(tool.module.__name__, None)
+        linecache.cache.pop(tool.filename, None)
+    except Exception:
+        pass
+
+
+def main(argv: list[str]) -> None:
+    """Entry point inside the sandbox: ``serve <json config>``.
+
+    Args:
+        argv: ``sys.argv``.
+    """
+    if len(argv) < 3 or argv[1] != "serve":
+        sys.stderr.write("usage: runner serve <json config>\n")
+        sys.exit(2)
+    config = json.loads(argv[2])
+    sys.dont_write_bytecode = True
+    # Keep the protocol on private fds; fd 1 then points at stderr so a stray
+    # print can never corrupt a frame.
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    uid = config.get("uid")
+    # Only a uid drop done here makes the uid ours to sweep with kill(-1).
+    config["dedicated_uid"] = False
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if config.get("pdeathsig"):
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if uid is not None and os.getuid() == 0:
+        worker = os.fork()
+        if worker:
+            os.close(proto_in)
+            os.close(proto_out)
+            _supervise(worker, config)
+            return
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        drop_privileges(uid, config["gid"], bool(config.get("keep_read_search")))
+        config["dedicated_uid"] = True
+    # A ptrace-capable tool must not be able to tamper with the worker.
+    _prctl(_PR_SET_DUMPABLE, 0)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if config.get("dedicated_uid") and os.getuid() != 0:
+        kill_uid_processes(1.0)  # leftovers of an earlier worker with this uid
+    if config.get("oneshot"):
+        import pydantic  # noqa: F401 - one call only: warming up would not pay off
+
+        Worker(config, proto_in, proto_out).serve()
+        return
+    warm_up()
+    # Objects that exist now are never collected: keeping the collector off
+    # them spares each forked child copy-on-write faults on the whole heap.
+    gc.collect()
+    gc.freeze()
+    Worker(config, proto_in, proto_out).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
