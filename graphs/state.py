@@ -82,7 +82,7 @@ class Invocation(TypedDict):
 
     tool: str
     version: int
-    local: bool
+    local: bool  # the called version was built or repaired in this episode
     args: dict[str, Any]
     ok: bool
     kind: str
@@ -131,6 +131,7 @@ class EpisodeOutput(TypedDict):
     tools_created: list[str]
     tools_repaired: list[str]
     new_tools: list[dict[str, Any]]
+    commit_error: NotRequired[str]
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
     reflection: str
@@ -170,5 +171,6 @@ class EpisodeState(TypedDict, total=False):
     tools_created: list[str]
     tools_repaired: list[str]
     new_tools: list[dict[str, Any]]
+    commit_error: str
     metrics: EpisodeMetrics
     reflection: str

@@ -14,11 +14,11 @@ from typing import Any
 logger = logging.getLogger("insitu")
 
 
-def emit(kind: str, message: str, **data: Any) -> None:
+def emit(event: str, message: str, /, **data: Any) -> None:
     """Stream one progress event.
 
     Args:
-        kind: A short machine-readable category (``retrieved``, ``building``,
+        event: A short machine-readable category (``retrieved``, ``building``,
             ``calling``, ``admitted``, ...).
         message: The human-readable line.
         **data: Extra JSON-able fields (tool name, attempt, task id, ...).
@@ -30,4 +30,4 @@ def emit(kind: str, message: str, **data: Any) -> None:
         writer = get_stream_writer()
     except (RuntimeError, ImportError):  # not inside a graph run
         return
-    writer({"event": kind, "message": message, **data})
+    writer({**data, "event": event, "message": message})

@@ -24,13 +24,13 @@ def _template(name: str) -> Template:
     return Template(text)
 
 
-def render_prompt(name: str, **values: Any) -> str:
-    """Fill the prompt file ``nodes/prompts/<name>.md`` with ``$placeholders``.
+def render_prompt(prompt: str, /, **values: Any) -> str:
+    """Fill the prompt file ``nodes/prompts/<prompt>.md`` with ``$placeholders``.
 
     Raises:
         KeyError: A placeholder has no value (a bug, caught by the tests).
     """
-    return _template(name).substitute(**{k: str(v) for k, v in values.items()})
+    return _template(prompt).substitute(**{k: str(v) for k, v in values.items()})
 
 
 def settings(runtime: Runtime[InsituContext] | Any) -> InsituContext:
@@ -78,9 +78,9 @@ def ask_role(
     )
 
 
-def prompt_message(name: str, **values: Any) -> list[BaseMessage]:
+def prompt_message(prompt: str, /, **values: Any) -> list[BaseMessage]:
     """Render a prompt file as the single user message of a request."""
-    return [HumanMessage(content=render_prompt(name, **values))]
+    return [HumanMessage(content=render_prompt(prompt, **values))]
 
 
 def compact_json(value: Any, limit: int = 600) -> str:

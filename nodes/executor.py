@@ -112,12 +112,15 @@ def bind_tools(
         except ToolNotFoundError:
             missing.append(name)
             continue
+        # A version built or repaired in this episode is not in the library yet,
+        # so its calls count for the episode but not for library statistics.
+        episode_version = local or name in (state.get("repaired_tools") or {})
         tools[name] = as_structured_tool(
             record,
             sandbox=sandbox,
             workdir=workdir,
             max_output_chars=context.max_tool_output_chars,
-            on_call=recorder.callback(name, record.version, local),
+            on_call=recorder.callback(name, record.version, episode_version),
         )
     return tools, missing
 

@@ -10,6 +10,7 @@ the reflection model for a short note.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from insitu.nodes.tool_developer import BuildError, local_record, repair_tool
 from insitu.services import Services
 from insitu.structured import TokenUsage, message_text
 from insitu.tool_store import ChangeSet, ToolRecord
-from insitu.tool_store.errors import ToolNotFoundError
+from insitu.tool_store.errors import StoreError, ToolNotFoundError
 
 ROLE = "reflection"
 MAX_REFLECTION_REPAIRS = 2
@@ -109,14 +110,29 @@ def repair_failed_tools(
 
 
 def episode_changes(state: EpisodeState) -> ChangeSet:
-    """The library changes an episode proposes: its new tools and its repairs."""
+    """The library changes an episode proposes: its new tools and its repairs.
+
+    A new tool whose name another writer took meanwhile is kept as a new
+    version of that name rather than failing the commit (``if_exists="update"``).
+    """
     return ChangeSet.from_episode(
         new=[ToolRecord.model_validate(r) for r in (state.get("local_tools") or {}).values()],
         repaired=[
             ToolRecord.model_validate(r) for r in (state.get("repaired_tools") or {}).values()
         ],
         task_id=state["task_id"],
+        if_exists="update",
     )
+
+
+def commit_id_for(task_id: str, changes: ChangeSet) -> str:
+    """The idempotency key of an episode's commit: its task and what it changes.
+
+    A resumed episode proposes the same changes and replays the earlier commit;
+    a later episode of the same task with other tools commits anew.
+    """
+    digest = hashlib.sha256(changes.model_dump_json(exclude={"commit_id"}).encode()).hexdigest()
+    return f"episode:{task_id}:{digest[:16]}"
 
 
 def commit_tools(
@@ -124,8 +140,9 @@ def commit_tools(
 ) -> dict[str, Any]:
     """Commit the episode's tools (``commit_mode="store"``) or hand them over ("defer").
 
-    The commit is one transaction, idempotent by the episode's task id, so a
-    resumed episode never adds a tool twice.
+    The commit is one transaction, idempotent by content, so a resumed episode
+    never adds a tool twice. A commit the store refuses (a repaired tool that
+    changed or was locked meanwhile) is reported and loses nothing stored.
     """
     context = settings(runtime)
     local = state.get("local_tools") or {}
@@ -136,9 +153,14 @@ def commit_tools(
     if context.freeze_library or not new_tools:
         return {"new_tools": [] if context.freeze_library else new_tools}
     if context.commit_mode == "store":
-        result = services.store(context).commit(
-            episode_changes(state), commit_id=f"episode:{state['task_id']}"
-        )
+        changes = episode_changes(state)
+        try:
+            result = services.store(context).commit(
+                changes, commit_id=commit_id_for(state["task_id"], changes)
+            )
+        except StoreError as exc:
+            emit("commit_failed", f"the library refused this episode's tools: {exc}")
+            return {"new_tools": new_tools, "commit_error": str(exc)}
         emit("committed", f"committed {result.summary()} to the library")
     return {"new_tools": new_tools}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def develop_tool(
             )
         except (StructuredOutputError, AdmissionError, ValueError) as exc:
             reason = str(exc)
-            emit("rejected", f"tool {name} rejected: {reason.splitlines()[0][:160]}", tool=name)
+            emit("rejected", f"tool {name} rejected: {' '.join(reason.split())[:200]}", tool=name)
             messages += [
                 AIMessage(content=text or "(empty reply)"),
                 HumanMessage(
@@ -328,7 +329,13 @@ def build_tools(
     context = settings(runtime)
     requests = list(state.get("requests") or [])
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(requests)))) as pool:
-        results = list(pool.map(lambda r: _build_one(r, state, services, context), requests))
+        # Each build runs in a copy of this node's context so that its progress
+        # events and model callbacks still reach the graph's stream.
+        futures = [
+            pool.submit(copy_context().run, _build_one, r, state, services, context)
+            for r in requests
+        ]
+        results = [f.result() for f in futures]
     local: dict[str, dict[str, Any]] = {}
     repaired: dict[str, dict[str, Any]] = {}
     failures: list[BuildFailure] = []

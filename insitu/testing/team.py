@@ -97,7 +97,7 @@ def run(input: InputModel) -> OutputModel:
         },
         {"name": "empty", "input": {"values": []}, "expect_error": True},
     ],
-    pattern=r"(?:mean|average|median|statistics|summary)\D*((?:-?\d+(?:\.\d+)?[,\s]*(?:and\s+)?)+)",
+    pattern=r"(?:mean|average|median|statistics|summary)[^\d-]*((?:-?\d+(?:\.\d+)?[,\s]*(?:and\s+)?)+)",
     arguments=lambda m: {"values": _numbers(m.group(1))},
     answer=lambda out: f"mean {out['mean']:g}, median {out['median']:g}",
 )

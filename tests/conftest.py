@@ -1,0 +1,41 @@
+"""Fixtures shared by the graph tests: a real store on disk and a way to run episodes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from insitu.api import EpisodeResult, run_task
+from insitu.tool_store import ToolStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ToolStore]:
+    """An empty library on disk with the fast deterministic embedding."""
+    opened = ToolStore.open(tmp_path / "store", embedding="hashing")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def run_episode(
+    store: ToolStore, tmp_path: Path
+) -> Callable[..., tuple[EpisodeResult, list[dict[str, Any]]]]:
+    """Run one task through the real episode graph; return the result and its events."""
+
+    def run(task: str, models: Any, **context: Any) -> tuple[EpisodeResult, list[dict[str, Any]]]:
+        events: list[dict[str, Any]] = []
+        result = run_task(
+            task,
+            models=models,
+            store=store,
+            context={"store_dir": str(store.path), **context},
+            on_event=events.append,
+            checkpoint=False,
+        )
+        return result, events
+
+    return run
