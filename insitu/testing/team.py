@@ -217,6 +217,20 @@ class ScriptedTeam:
 
         return ScriptedChatModel(responder=self.respond, latency_s=latency_s, label=SCRIPTED_LABEL)
 
+    def openai_responder(self) -> Callable[[dict[str, Any]], Any]:
+        """Return a responder for :class:`~insitu.testing.ScriptedOpenAIServer`.
+
+        It turns each OpenAI chat-completions request body back into LangChain
+        messages and answers with :meth:`respond`, so the same script drives the
+        real ``ChatOpenAI`` client over HTTP.
+        """
+        from langchain_core.messages import convert_to_messages
+
+        def responder(body: dict[str, Any]) -> Any:
+            return self.respond(convert_to_messages(body["messages"]), body.get("tools") or [])
+
+        return responder
+
     def capability_for(self, text: str) -> tuple[Capability, re.Match[str]] | None:
         """Return the first capability whose pattern matches ``text``."""
         for capability in self.capabilities:
