@@ -18,7 +18,9 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from insitu import __version__
 from insitu.context import InsituContext, describe_settings
@@ -31,7 +33,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = EXIT_RUNTIME) -> None:
     """Print an error (no stack trace) and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -58,44 +60,93 @@ def main(ctx: click.Context, store_dir: str | None, verbose: bool) -> None:
     ctx.obj = settings
 
 
+def store_exit_code(exc: Exception) -> int:
+    """The exit code for a store error: 2 bad name/version/path, 1 refused, 3 runtime."""
+    from insitu.tool_store import errors
+
+    if isinstance(exc, errors.ToolNotFoundError | errors.VersionNotFoundError):
+        return EXIT_CONFIG
+    if isinstance(
+        exc,
+        errors.LockedToolError
+        | errors.ToolArchivedError
+        | errors.DuplicateToolError
+        | errors.InvalidSpecError
+        | errors.ImportConflictError
+        | errors.CorruptManifestError
+        | errors.ExportError,
+    ):
+        return EXIT_INCOMPLETE
+    return EXIT_RUNTIME
+
+
 @contextmanager
-def opened_store(settings: InsituContext, *, read_only: bool) -> Iterator[Any]:
-    """Open the settings' store, turning store errors into clear CLI errors."""
+def opened_store(
+    settings: InsituContext, *, read_only: bool, embedding: str | None = None
+) -> Iterator[Any]:
+    """Open the settings' store, turning store errors into clear CLI errors.
+
+    The store keeps the embedding it was built with (``embedding=None``): a
+    command that only reads or edits a tool must never silently re-embed the
+    library. ``$INSITU_EMBEDDING`` (the settings' default) only chooses the
+    embedding of a new library; ``tools reindex --embedding`` switches it.
+    """
     from insitu.tool_store import ToolStore
     from insitu.tool_store.errors import StoreError
 
+    path = Path(settings.store_dir)
+    if read_only and not (path / "tools.db").is_file():
+        fail(
+            f"no tool library at {path}: nothing has been stored there yet. Point to a library "
+            "with --store DIR or $INSITU_STORE.",
+            EXIT_CONFIG,
+        )
     try:
         store = ToolStore.open(
-            Path(settings.store_dir),
-            embedding=settings.embedding,
-            chroma_url=settings.chroma_url,
-            read_only=read_only,
+            path, embedding=embedding, chroma_url=settings.chroma_url, read_only=read_only
         )
     except StoreError as exc:
-        fail(str(exc))
+        fail(str(exc), store_exit_code(exc))
     try:
         yield store
     except StoreError as exc:
-        fail(str(exc))
+        # The store's messages speak Python (force=True); the flags here are --force.
+        fail(str(exc).replace("pass force=True", "pass --force"), store_exit_code(exc))
     finally:
         store.close()
 
 
+def _cell(value: Any) -> Text:
+    """A table cell shown literally (tool text may contain ``[...]``, never markup)."""
+    return Text(str(value))
+
+
+def _rate(record: Any) -> str:
+    stats = record.stats
+    return f"{100 * stats.successes / stats.calls:.0f}" if stats.calls else "-"
+
+
+def say(message: str) -> None:
+    """Print one line of plain text: no markup, no highlighting, no hard wrapping."""
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
 def tools_table(records: list[Any], title: str) -> Table:
     """Render tool records as a table."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     for column in ("name", "ver", "status", "calls", "ok %", "description"):
         table.add_column(column, overflow="fold")
     for r in records:
-        rate = f"{100 * r.stats.successes / r.stats.calls:.0f}" if r.stats.calls else "-"
-        status = r.status + (" 🔒" if r.locked else "")
-        table.add_row(r.name, str(r.version), status, str(r.stats.calls), rate, r.description[:90])
+        status = r.status + (" (locked)" if r.locked else "")
+        table.add_row(
+            *map(_cell, (r.name, r.version, status, r.stats.calls, _rate(r), r.description[:90]))
+        )
     return table
 
 
 @main.group()
 def tools() -> None:
-    """Inspect and manage the tool library."""
+    """Inspect and manage the tool library (--store DIR, else $INSITU_STORE or ./.insitu)."""
 
 
 @tools.command("list")
@@ -105,7 +156,8 @@ def tools_list(settings: InsituContext, show_all: bool) -> None:
     """List the library's tools."""
     with opened_store(settings, read_only=True) as store:
         records = store.list(status="all" if show_all else "active")
-        out.print(tools_table(records, f"{len(records)} tool(s) in {settings.store_dir}"))
+        which = "" if show_all else " active"
+        out.print(tools_table(records, f"{len(records)}{which} tool(s) in {settings.store_dir}"))
 
 
 @tools.command("show")
@@ -116,61 +168,80 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
     """Show one tool: metadata, schemas, tests and source."""
     with opened_store(settings, read_only=True) as store:
         r = store.get(name, version)
+        plain = {"highlight": False, "markup": False, "soft_wrap": True}
         out.print(
-            f"[bold]{r.ref}[/] ({r.status}{', locked' if r.locked else ''}, "
-            f"origin {r.origin}, task {r.created_by_task or '-'})"
+            f"{r.ref} ({r.status}{', locked' if r.locked else ''}, origin {r.origin}, "
+            f"task {r.created_by_task or '-'}, created {r.created_at:%Y-%m-%d %H:%M:%S})",
+            style="bold",
+            **plain,
         )
-        out.print(r.description)
+        out.print(r.description, **plain)
         out.print(
-            f"dependencies: {r.dependencies or '-'}  secrets: {r.secrets or '-'}  "
-            f"network: {r.network}  merged_from: {r.merged_from or '-'}"
+            f"dependencies: {', '.join(r.dependencies) or '-'}  "
+            f"secrets: {', '.join(r.secrets) or '-'}  network: {r.network}  "
+            f"merged_from: {', '.join(r.merged_from) or '-'}",
+            **plain,
         )
-        out.print(f"stats: {r.stats.model_dump(mode='json')}")
-        out.print("input schema: " + json.dumps(r.input_schema))
-        out.print("output schema: " + json.dumps(r.output_schema))
-        out.print(f"tests: {[t.name for t in r.tests]}")
+        if r.note:
+            out.print(f"note: {r.note}", **plain)
+        out.print(f"stats: {json.dumps(r.stats.model_dump(mode='json'))}", **plain)
+        out.print("input schema: " + json.dumps(r.input_schema), **plain)
+        out.print("output schema: " + json.dumps(r.output_schema), **plain)
+        out.print(f"tests: {', '.join(t.name for t in r.tests) or '-'}", **plain)
         out.rule("source")
-        out.print(r.source, highlight=False, markup=False)
+        out.print(r.source, **plain)
 
 
 @tools.command("search")
 @click.argument("query")
-@click.option("-k", default=5, show_default=True, help="Number of results.")
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Results.")
 @click.option(
     "--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True
 )
+@click.option("--all", "include_archived", is_flag=True, help="Search archived tools too.")
 @click.pass_obj
-def tools_search(settings: InsituContext, query: str, k: int, mode: str) -> None:
+def tools_search(
+    settings: InsituContext, query: str, k: int, mode: str, include_archived: bool
+) -> None:
     """Search the library (hybrid lexical + dense retrieval)."""
     with opened_store(settings, read_only=True) as store:
-        hits = store.search(query, k=k, mode=mode)
-        table = Table(title=f"top {len(hits)} for {query!r}", title_justify="left")
-        for column in ("score", "name", "ver", "description"):
+        hits = store.search(query, k=k, mode=mode, include_archived=include_archived)
+        table = Table(title=escape(f"top {len(hits)} for {query!r}"), title_justify="left")
+        for column in ("score", "name", "ver", "status", "description"):
             table.add_column(column, overflow="fold")
         for h in hits:
+            r = h.record
             table.add_row(
-                f"{h.score:.3f}", h.record.name, str(h.record.version), h.record.description[:100]
+                *map(_cell, (f"{h.score:.3f}", r.name, r.version, r.status, r.description[:100]))
             )
         out.print(table)
+        if not hits:
+            say("no matching tool")
 
 
 @tools.command("history")
 @click.argument("name")
 @click.pass_obj
 def tools_history(settings: InsituContext, name: str) -> None:
-    """List every version of a tool."""
+    """List every version of a tool (oldest first; * marks the current one)."""
     with opened_store(settings, read_only=True) as store:
-        table = Table(title=f"history of {name}", title_justify="left")
+        current = store.state(name).current_version
+        table = Table(title=escape(f"history of {name}"), title_justify="left")
         for column in ("ver", "created", "origin", "task", "hash", "note"):
             table.add_column(column, overflow="fold")
         for r in store.history(name):
             table.add_row(
-                str(r.version),
-                r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                r.origin,
-                r.created_by_task or "-",
-                r.hash[:10],
-                r.note or "",
+                *map(
+                    _cell,
+                    (
+                        f"{r.version}{' *' if r.version == current else ''}",
+                        r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                        r.origin,
+                        r.created_by_task or "-",
+                        r.hash[:10],
+                        r.note or "",
+                    ),
+                )
             )
         out.print(table)
 
@@ -178,23 +249,38 @@ def tools_history(settings: InsituContext, name: str) -> None:
 @tools.command("rollback")
 @click.argument("name")
 @click.argument("version", type=int)
+@click.option("--force", is_flag=True, help="Roll back a locked tool too.")
 @click.pass_obj
-def tools_rollback(settings: InsituContext, name: str, version: int) -> None:
-    """Make an earlier version current again (as a new version)."""
+def tools_rollback(settings: InsituContext, name: str, version: int, force: bool) -> None:
+    """Make an earlier version current again (as a new version; history is kept)."""
     with opened_store(settings, read_only=False) as store:
-        r = store.rollback(name, version)
-        out.print(f"{name} is now version {r.version} (content of version {version})")
+        before = store.state(name).current_version
+        r = store.rollback(name, version, force=force)
+        if r.version == before:
+            say(f"{name} unchanged: version {before} already has the content of version {version}")
+        else:
+            say(f"{name} is now version {r.version} (content of version {version})")
 
 
 @tools.command("archive")
 @click.argument("name")
 @click.option("--reason", default="archived by hand", show_default=True)
+@click.option("--force", is_flag=True, help="Archive a locked tool too.")
+@click.option("--restore", is_flag=True, help="Make an archived tool active again instead.")
 @click.pass_obj
-def tools_archive(settings: InsituContext, name: str, reason: str) -> None:
-    """Archive a tool (kept, no longer retrieved)."""
+def tools_archive(
+    settings: InsituContext, name: str, reason: str, force: bool, restore: bool
+) -> None:
+    """Archive a tool (kept with its history, no longer retrieved)."""
     with opened_store(settings, read_only=False) as store:
-        store.archive(name, reason)
-        out.print(f"archived {name}")
+        before = store.state(name).status
+        if restore:
+            store.restore(name)
+            done = "already active" if before == "active" else "restored"
+        else:
+            store.archive(name, reason, force=force)
+            done = "already archived" if before == "archived" else "archived"
+        say(f"{name}: {done}")
 
 
 @tools.command("lock")
@@ -205,19 +291,19 @@ def tools_lock(settings: InsituContext, name: str, unlock: bool) -> None:
     """Lock a tool so that automated repair and merging never change it."""
     with opened_store(settings, read_only=False) as store:
         (store.unlock if unlock else store.lock)(name)
-        out.print(f"{'unlocked' if unlock else 'locked'} {name}")
+        say(f"{'unlocked' if unlock else 'locked'} {name}")
 
 
 @tools.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.pass_obj
 def tools_export(settings: InsituContext, directory: str) -> None:
-    """Export the library as .py files plus manifest.json."""
+    """Export the library (active and archived tools, every version) to a folder."""
     from insitu.tool_store import export_library
 
     with opened_store(settings, read_only=True) as store:
         count = export_library(store, Path(directory))
-        out.print(f"exported {count} tool(s) to {directory}")
+        say(f"exported {count} tool(s) to {directory}")
 
 
 @tools.command("import")
@@ -227,24 +313,32 @@ def tools_export(settings: InsituContext, directory: str) -> None:
     type=click.Choice(["skip", "replace", "error"]),
     default="skip",
     show_default=True,
+    help="For a name the library has with other content.",
 )
+@click.option("--force", is_flag=True, help="With --on-conflict replace: replace locked tools.")
 @click.pass_obj
-def tools_import(settings: InsituContext, directory: str, on_conflict: str) -> None:
-    """Import a library exported with `insitu tools export`."""
+def tools_import(settings: InsituContext, directory: str, on_conflict: str, force: bool) -> None:
+    """Import a library exported with `insitu tools export` (all or nothing)."""
     from insitu.tool_store import import_library
 
     with opened_store(settings, read_only=False) as store:
-        result = import_library(store, Path(directory), on_conflict=on_conflict)
-        out.print(f"imported from {directory}: {result}")
+        result = import_library(store, Path(directory), on_conflict=on_conflict, force=force)
+        say(f"imported from {directory}: {result}")
 
 
 @tools.command("reindex")
+@click.option(
+    "--embedding",
+    type=click.Choice(["minilm", "hashing"]),
+    default=None,
+    help="Switch the library to this embedding (default: keep the one it was built with).",
+)
 @click.pass_obj
-def tools_reindex(settings: InsituContext) -> None:
+def tools_reindex(settings: InsituContext, embedding: str | None) -> None:
     """Rebuild the retrieval index from the tool records."""
-    with opened_store(settings, read_only=False) as store:
+    with opened_store(settings, read_only=False, embedding=embedding) as store:
         count = store.reindex()
-        out.print(f"reindexed {count} tool(s)")
+        say(f"reindexed {count} tool(s) with the {store.embedding_name} embedding")
 
 
 @main.command("settings")
@@ -257,6 +351,16 @@ def show_settings() -> None:
         table.add_row(name, value, description)
     out.print(table)
 
+
+def _register_commands() -> None:
+    """Attach the commands that live in their own modules (they import this one)."""
+    from insitu.cli_episode import demo, run
+
+    main.add_command(run)
+    main.add_command(demo)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,7 +9,7 @@ reads configuration.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 ROLES = ("manager", "tool_developer", "executor", "integrator", "reflection")
@@ -112,6 +112,10 @@ class InsituContext:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
         return getattr(self, f"{role}_model")
+
+    def with_model(self, name: str) -> InsituContext:
+        """Return a copy that uses model ``name`` for every role."""
+        return replace(self, **{f"{role}_model": name for role in ROLES})
 
     @classmethod
     def coerce(cls, value: InsituContext | dict[str, Any] | None) -> InsituContext:

@@ -1,0 +1,177 @@
+"""``insitu run`` and ``insitu demo``: solve tasks with the episode graph from the shell.
+
+Progress goes to stderr as it happens; the answer and a compact table of tools
+and tokens go to stdout, so ``insitu run ... > answer.txt`` keeps only results.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from insitu.cli import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_OK, EXIT_RUNTIME, err, fail, out
+from insitu.context import InsituContext
+
+if TYPE_CHECKING:
+    from insitu.api import EpisodeResult
+
+#: The offline demo's tasks: the first two create tools (the second after a
+#: rejected first draft), the last two reuse them.
+DEMO_TASKS = (
+    "What is the mean of 3, 5, 10 and 2?",
+    "How many days from 2024-01-01 to 2024-03-01?",
+    "Compute the average of 12, 7 and 20",
+    "How many days are there from 2023-12-25 to 2024-02-29?",
+)
+
+
+def progress_printer(prefix: str = "") -> Callable[[dict[str, Any]], None]:
+    """Return an ``on_event`` callback that prints each progress event on stderr."""
+
+    def show(event: dict[str, Any]) -> None:
+        err.print(f"[dim]{prefix}·[/] {event.get('message', event)}", highlight=False)
+
+    return show
+
+
+def result_table(result: EpisodeResult) -> Table:
+    """The compact summary of one episode: tools used/created and tokens per role."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("status", result.status)
+    table.add_row("tools used", ", ".join(result.tools_used) or "-")
+    table.add_row("tools created", ", ".join(result.tools_created) or "-")
+    if result.tools_repaired:
+        table.add_row("tools repaired", ", ".join(result.tools_repaired))
+    calls = result.metrics.get("tool_invocations", 0)
+    ok = result.metrics.get("tool_successes", 0)
+    table.add_row("tool calls", f"{calls} ({ok} ok)")
+    for role, counts in sorted(result.usage.items()):
+        table.add_row(
+            f"tokens {role}",
+            f"{counts.get('input_tokens', 0)} in / {counts.get('output_tokens', 0)} out "
+            f"({counts.get('calls', 0)} calls)",
+        )
+    return table
+
+
+def solve(
+    settings: InsituContext,
+    task: str | None,
+    *,
+    files: Sequence[str] = (),
+    thread_id: str | None = None,
+    models: Any = None,
+    prefix: str = "",
+) -> EpisodeResult:
+    """Run one episode with clear CLI errors (exit 2 configuration, 3 runtime)."""
+    from insitu.api import run_task
+    from insitu.nodes.workspace import InvalidTaskError
+    from insitu.services import ConfigurationError
+    from insitu.tool_store.errors import StoreError
+
+    try:
+        return run_task(
+            task,
+            files=files,
+            context=settings,
+            models=models,
+            thread_id=thread_id,
+            on_event=progress_printer(prefix),
+        )
+    except ConfigurationError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except (InvalidTaskError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except StoreError as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    raise AssertionError("unreachable")
+
+
+@click.command("run")
+@click.argument("task", required=False)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file the task needs (copied into the tools' working directory). Repeatable.",
+)
+@click.option("--resume", "thread_id", default=None, help="Resume an interrupted run by thread id.")
+@click.option("--model", default=None, help="Model name for every role (overrides settings).")
+@click.option("--frozen", is_flag=True, help="Use the library as it is: build no new tools.")
+@click.pass_obj
+def run(
+    settings: InsituContext,
+    task: str | None,
+    files: tuple[str, ...],
+    thread_id: str | None,
+    model: str | None,
+    frozen: bool,
+) -> None:
+    """Solve TASK with the tool library, printing the answer and what was used.
+
+    Exit codes: 0 completed, 1 could not complete, 2 configuration, 3 runtime.
+    """
+    if task is None and thread_id is None:
+        fail("give a TASK, or --resume THREAD_ID to finish an interrupted run", EXIT_CONFIG)
+    if model:
+        settings = settings.with_model(model)
+    if frozen:
+        settings = replace(settings, freeze_library=True)
+    result = solve(settings, task, files=files, thread_id=thread_id)
+    out.print(result.answer, highlight=False, soft_wrap=True)
+    out.print()
+    out.print(result_table(result))
+    err.print(f"[dim]thread id: {result.thread_id} (resume with --resume)[/]")
+    raise SystemExit(EXIT_OK if result.completed else EXIT_INCOMPLETE)
+
+
+@click.command("demo")
+@click.option(
+    "--keep",
+    "keep_store",
+    is_flag=True,
+    help="Keep the demo library in --store (default: a temporary directory).",
+)
+@click.pass_obj
+def demo(settings: InsituContext, keep_store: bool) -> None:
+    """Run a few tasks offline with a scripted model: a tool is built, admitted, reused.
+
+    The model is a scripted test double, labelled as such; the store, sandbox,
+    graph and checkpointer are the real ones.
+    """
+    from insitu.testing.team import SCRIPTED_LABEL, ScriptedTeam
+
+    out.rule(f"[bold yellow]{SCRIPTED_LABEL}[/]")
+    team = ScriptedTeam(first_build_broken=True)
+    with tempfile.TemporaryDirectory(prefix="insitu-demo-") as scratch:
+        store_dir = settings.store_dir if keep_store else str(Path(scratch) / "store")
+        settings = replace(settings, store_dir=store_dir)
+        completed = 0
+        for number, task in enumerate(DEMO_TASKS, 1):
+            out.rule(f"task {number}/{len(DEMO_TASKS)}")
+            out.print(f"[bold]{task}[/]", highlight=False)
+            result = solve(settings, task, models=team.model(), prefix=f"[{number}] ")
+            completed += result.completed
+            out.print(f"[green]answer:[/] {result.answer}", highlight=False)
+            out.print(result_table(result))
+        out.rule("library after the demo")
+        from insitu.tool_store import ToolStore
+
+        with ToolStore.open(store_dir, read_only=True) as store:
+            for record in store.list():
+                out.print(
+                    f"{record.name} v{record.version}: {record.stats.calls} library call(s), "
+                    f"created by {record.created_by_task}",
+                    highlight=False,
+                )
+        out.rule(f"[bold yellow]{SCRIPTED_LABEL}[/]")
+    raise SystemExit(EXIT_OK if completed == len(DEMO_TASKS) else EXIT_INCOMPLETE)
