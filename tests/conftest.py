@@ -9,7 +9,17 @@ from typing import Any
 import pytest
 
 from insitu.api import EpisodeResult, run_task
+from insitu.sandbox import Sandbox, SandboxSettings, ToolEnvironment
 from insitu.tool_store import ToolStore
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One real sandbox (warm workers) shared by the graph tests, as one process would."""
+    toolenv = ToolEnvironment(tmp_path_factory.mktemp("toolenv"))
+    shared = Sandbox(SandboxSettings(), toolenv=toolenv)
+    yield shared
+    shared.close()
 
 
 @pytest.fixture
@@ -22,7 +32,7 @@ def store(tmp_path: Path) -> Iterator[ToolStore]:
 
 @pytest.fixture
 def run_episode(
-    store: ToolStore, tmp_path: Path
+    store: ToolStore, sandbox: Sandbox
 ) -> Callable[..., tuple[EpisodeResult, list[dict[str, Any]]]]:
     """Run one task through the real episode graph; return the result and its events."""
 
@@ -32,6 +42,7 @@ def run_episode(
             task,
             models=models,
             store=store,
+            sandbox=sandbox,
             context={"store_dir": str(store.path), **context},
             on_event=events.append,
             checkpoint=False,

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
-from insitu.context import InsituContext
-from insitu.services import open_sandbox
+from insitu.sandbox import Sandbox
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import SUMMARIZE_NUMBERS, ScriptedTeam
 from insitu.tool_store import ToolStore
@@ -35,11 +34,11 @@ def events_of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["event"] == kind]
 
 
-def add_library_tool(store: ToolStore, source: str, tests: list[dict], tmp_path: Path) -> None:
+def add_library_tool(
+    store: ToolStore, source: str, tests: list[dict], sandbox: Sandbox, tmp_path: Path
+) -> None:
     """Admit a tool through the real sandbox and add it to the library."""
-    spec = admit_tool(
-        source, tests, sandbox=open_sandbox(InsituContext()), scratch_dir=tmp_path / "admit"
-    )
+    spec = admit_tool(source, tests, sandbox=sandbox, scratch_dir=tmp_path / "admit")
     store.add(spec, origin="manual")
 
 
@@ -99,8 +98,10 @@ def test_executor_reports_a_missing_capability(run_episode, store: ToolStore) ->
     assert team.role_calls["manager"] == 2
 
 
-def test_a_failing_library_tool_is_repaired(run_episode, store: ToolStore, tmp_path) -> None:
-    add_library_tool(store, SUMMARIZE_REJECTING_NEGATIVES, SUMMARIZE_NUMBERS.tests, tmp_path)
+def test_a_failing_library_tool_is_repaired(run_episode, store, sandbox, tmp_path) -> None:
+    add_library_tool(
+        store, SUMMARIZE_REJECTING_NEGATIVES, SUMMARIZE_NUMBERS.tests, sandbox, tmp_path
+    )
     team = ScriptedTeam()
     result, events = run_episode("What is the mean of -3, 5, 10 and 2?", team.model())
     assert [e["kind"] for e in events_of(events, "executed")] == ["tool_failed", "done"]
@@ -188,8 +189,10 @@ class RepeatedlyBrokenTeam(ScriptedTeam):
         return super()._tool_developer(prompt, messages)
 
 
-def test_repairs_are_bounded(run_episode, store: ToolStore, tmp_path) -> None:
-    add_library_tool(store, SUMMARIZE_REJECTING_NEGATIVES, SUMMARIZE_NUMBERS.tests, tmp_path)
+def test_repairs_are_bounded(run_episode, store, sandbox, tmp_path) -> None:
+    add_library_tool(
+        store, SUMMARIZE_REJECTING_NEGATIVES, SUMMARIZE_NUMBERS.tests, sandbox, tmp_path
+    )
     team = RepeatedlyBrokenTeam()
     result, _ = run_episode(
         "What is the mean of -3, 5, 10 and 2?",
