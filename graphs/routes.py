@@ -1,5 +1,6 @@
 """Pure router functions of the episode graph: state and limits in, next node out.
 
+The episode graph's routers come first, then the batch graph's fan-out.
 Every loop (Manager <-> Executor, Executor -> ToolDeveloper) is bounded by a
 counter in state; exhausting a bound routes to the Integrator, which says what
 could not be done.
@@ -8,6 +9,8 @@ could not be done.
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from langgraph.types import Send
 
 from insitu.context import InsituContext
 from insitu.graphs.state import EpisodeState
@@ -63,3 +66,11 @@ def route_after_execution(
     if kind == "tool_failed" and state.get("rounds", 0) < limits.max_rounds:
         return PLAN
     return ANSWER
+
+
+def fan_out_tasks(state: dict[str, Any]) -> list[Send] | Literal["absorb_tools"]:
+    """Batch graph: one ``solve_task`` per task (in parallel); an empty batch goes to absorbing."""
+    tasks = state.get("tasks") or []
+    if not tasks:
+        return "absorb_tools"
+    return [Send("solve_task", {"task": task}) for task in tasks]

@@ -52,13 +52,15 @@ class EpisodeResult(BaseModel):
 
 
 @contextmanager
-def sqlite_checkpointer(store_dir: str | Path) -> Iterator[SqliteSaver]:
-    """Open the SQLite checkpointer that lives in a store directory."""
+def sqlite_checkpointer(
+    directory: str | Path, filename: str = "checkpoints.sqlite"
+) -> Iterator[SqliteSaver]:
+    """Open a SQLite checkpointer in a directory (a store's, or a run's)."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path = Path(store_dir)
+    path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path / "checkpoints.sqlite", check_same_thread=False)
+    conn = sqlite3.connect(path / filename, check_same_thread=False)
     try:
         yield SqliteSaver(conn)
     finally:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-ROLES = ("manager", "tool_developer", "executor", "integrator", "reflection")
+ROLES = ("manager", "tool_developer", "executor", "integrator", "reflection", "absorber")
 DEFAULT_MODEL = "gpt-4o-mini"
 
 
@@ -47,6 +47,7 @@ class InsituContext:
     executor_model: str = _model_default("executor")
     integrator_model: str = _model_default("integrator")
     reflection_model: str = _model_default("reflection")
+    absorber_model: str = _model_default("absorber")
     temperature: float = _describe("Sampling temperature for every role.", 0.0)
     openai_base_url: str | None = _describe(
         "OpenAI-compatible endpoint (env OPENAI_BASE_URL); the key comes from OPENAI_API_KEY.",
@@ -105,6 +106,18 @@ class InsituContext:
         "'store': reflection commits new tools to the library; 'defer': they are returned "
         "for the batch graph to absorb.",
         "store",
+    )
+
+    batch_concurrency: int = _describe(
+        "Episodes of a batch run at the same time (the batch graph's Send fan-out).", 16
+    )
+    episode_timeout_s: float = _describe(
+        "Wall-clock limit of one episode inside a batch; a late episode counts as failed.", 1800.0
+    )
+    absorb_threshold: float | None = _describe(
+        "Similarity from which two tools are proposed to the absorber as possible duplicates "
+        "(None: the clustering benchmark's default).",
+        None,
     )
 
     def model_for(self, role: str) -> str:

@@ -31,6 +31,9 @@ class ToolAdd(BaseModel):
     origin: ToolOrigin = "generated"
     created_by_task: str | None = None
     note: str | None = None
+    merged_from: list[str] = Field(
+        default_factory=list, description="Refs (name@version) of the tools this one replaces."
+    )
     creation_cost_tokens: int = Field(default=0, ge=0)
     if_exists: IfExists = Field(
         default="error",

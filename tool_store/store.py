@@ -1404,6 +1404,7 @@ class ToolStore:
                 origin=change.origin,
                 created_by_task=change.created_by_task,
                 note=change.note,
+                merged_from=change.merged_from,
                 creation_cost_tokens=change.creation_cost_tokens,
             )
             self._apply_update(cur, update, generation, now, commit_id, result, pending)
@@ -1415,7 +1416,7 @@ class ToolStore:
             origin=change.origin,
             created_by_task=change.created_by_task,
             parent_version=None,
-            merged_from=[],
+            merged_from=change.merged_from,
             note=change.note,
             commit_id=commit_id,
             created_at=now,

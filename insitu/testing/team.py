@@ -248,6 +248,7 @@ class ScriptedTeam:
             ("You are the Executor", "executor"),
             ("You are the Integrator", "integrator"),
             ("You are reviewing one finished task", "reflection"),
+            ("You are the Aggregator", "aggregator"),
         ):
             if first.startswith(marker):
                 with self._lock:
@@ -336,6 +337,16 @@ class ScriptedTeam:
             return result.group(1).strip()
         return "Could not complete the task: " + ending[:300]
 
+    def _aggregator(self, prompt: str, messages: list[BaseMessage]) -> str:
+        """Call tools duplicates when their input and output fields are the same."""
+        by_signature: dict[str, list[str]] = {}
+        for line in _section(prompt, "Possibly similar tools").splitlines():
+            match = re.match(r"- (\w+) \((input: .*?)\):", line)
+            if match:
+                by_signature.setdefault(match.group(2), []).append(match.group(1))
+        duplicates = [names for names in by_signature.values() if len(names) > 1]
+        return json.dumps({"duplicates": duplicates, "reason": "same input and output fields"})
+
     def _reflection(self, prompt: str, messages: list[BaseMessage]) -> str:
         tools = _section(prompt, "Tools")
         return f"- Scripted reflection. Tools: {tools.replace(chr(10), '; ')[:300]}"
@@ -344,3 +355,24 @@ class ScriptedTeam:
 def ask(text: str) -> list[BaseMessage]:
     """Convenience: a one-message prompt (for direct tests of the team)."""
     return [HumanMessage(content=text)]
+
+
+def scripted_stream(count: int, *, seed: int = 0) -> list[dict[str, str]]:
+    """A task stream the scripted team can solve, its two capabilities recurring.
+
+    Returns ``count`` tasks ``{"id", "question"}`` alternating between the
+    statistics and the date capability, with varying numbers and dates.
+    """
+    import random
+
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(count):
+        if i % 2 == 0:
+            values = ", ".join(str(rng.randint(1, 99)) for _ in range(rng.randint(3, 6)))
+            question = f"What is the mean of {values}?"
+        else:
+            month, day = rng.randint(1, 9), rng.randint(10, 28)
+            question = f"How many days from 2024-0{month}-{day} to 2025-01-01?"
+        tasks.append({"id": f"task-{i:04d}", "question": question})
+    return tasks

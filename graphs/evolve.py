@@ -1,0 +1,135 @@
+"""The batch graph: a batch of tasks in parallel, then absorbing, then one commit.
+
+    START --Send per task--> solve_task (the episode graph, one per task)
+    solve_task   -> absorb_tools (cluster + merge the batch's new tools)
+    absorb_tools -> commit_batch (one atomic, idempotent commit) -> END
+
+Every episode reads the library as it was at the start of the batch (episodes
+defer their commits) plus its own local tools, never another episode's.
+``build_evolve_graph()`` returns the uncompiled builder for composition;
+``graph`` is the compiled graph that ``langgraph.json`` serves.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from insitu.context import InsituContext
+from insitu.graphs.episode import RECURSION_LIMIT, compile_episode_graph
+from insitu.graphs.routes import fan_out_tasks
+from insitu.graphs.state import TokenCounts, merge_usage
+from insitu.nodes import absorb, batch
+from insitu.services import Services
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from insitu.sandbox import Sandbox
+    from insitu.tool_store import ToolStore
+
+#: Default parallel episodes of a compiled batch graph (LangGraph's max_concurrency).
+DEFAULT_CONCURRENCY = 16
+
+
+class BatchTask(TypedDict):
+    """One task of a batch."""
+
+    id: str
+    question: str
+    files: NotRequired[list[str]]
+
+
+class EvolveInput(TypedDict):
+    """A batch of tasks, and an id that makes its commit idempotent."""
+
+    tasks: list[BatchTask]
+    batch_id: NotRequired[str]
+
+
+class EvolveOutput(TypedDict):
+    """Per-task results, what absorbing did, and the commit."""
+
+    batch_id: str
+    results: list[dict[str, Any]]
+    absorb: dict[str, Any]
+    commit: dict[str, Any]
+    usage: dict[str, TokenCounts]
+
+
+class EvolveState(TypedDict, total=False):
+    """The batch graph's state; ``results`` collects one entry per parallel episode."""
+
+    tasks: list[BatchTask]
+    batch_id: str
+    results: Annotated[list[dict[str, Any]], operator.add]
+    changes: dict[str, Any]
+    absorb: dict[str, Any]
+    commit: dict[str, Any]
+    usage: Annotated[dict[str, TokenCounts], merge_usage]
+
+
+class SolveInput(TypedDict):
+    """What the fan-out sends to one ``solve_task``."""
+
+    task: BatchTask
+
+
+def build_evolve_graph(
+    *,
+    models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+    store: ToolStore | None = None,
+    sandbox: Sandbox | None = None,
+) -> StateGraph:
+    """Return the uncompiled batch graph.
+
+    Args:
+        models: A chat model for every role, or a mapping role -> model (see
+            ``build_episode_graph``; the ``absorber`` role confirms and merges).
+        store: An open ``ToolStore`` (default: the context's ``store_dir``).
+        sandbox: A ``Sandbox`` (default: one per process from the context).
+
+    Returns:
+        A ``StateGraph`` with input ``EvolveInput``, output ``EvolveOutput`` and
+        context ``InsituContext``.
+    """
+    services = Services(models=models, store=store, sandbox=sandbox)
+    episode = compile_episode_graph(models=models, store=store, sandbox=sandbox)
+    builder = StateGraph(
+        EvolveState,
+        context_schema=InsituContext,
+        input_schema=EvolveInput,
+        output_schema=EvolveOutput,
+    )
+    builder.add_node(
+        "solve_task", partial(batch.solve_task, episode=episode), input_schema=SolveInput
+    )
+    builder.add_node("absorb_tools", partial(absorb.absorb_tools, services=services))
+    builder.add_node("commit_batch", partial(absorb.commit_batch, services=services))
+    builder.add_conditional_edges(START, fan_out_tasks, ["solve_task", "absorb_tools"])
+    builder.add_edge("solve_task", "absorb_tools")
+    builder.add_edge("absorb_tools", "commit_batch")
+    builder.add_edge("commit_batch", END)
+    return builder
+
+
+def compile_evolve_graph(
+    checkpointer=None, *, max_concurrency: int = DEFAULT_CONCURRENCY, **kwargs
+):
+    """Compile :func:`build_evolve_graph` with recursion and concurrency limits.
+
+    Args:
+        checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).
+        max_concurrency: Episodes run at the same time.
+        **kwargs: Passed to :func:`build_evolve_graph`.
+    """
+    compiled = build_evolve_graph(**kwargs).compile(checkpointer=checkpointer, name="evolve")
+    return compiled.with_config(recursion_limit=RECURSION_LIMIT, max_concurrency=max_concurrency)
+
+
+#: The compiled graph for LangGraph Studio (``langgraph.json``).
+graph = compile_evolve_graph()

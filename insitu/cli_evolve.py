@@ -1,0 +1,138 @@
+"""``insitu evolve``: run a task stream in batches, evolving the library, resumably."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out
+from insitu.context import InsituContext
+
+
+def summary_table(summary: Any) -> Table:
+    """The final table of a run."""
+    table = Table(title=f"run {summary.run_dir}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rate = summary.tool_success_rate
+    rows = [
+        ("batches", summary.batches),
+        ("tasks", summary.tasks),
+        ("completed", summary.completed),
+        ("incomplete", summary.incomplete),
+        ("failed", summary.failed),
+        ("library size", summary.library_size),
+        ("EGL", "-" if summary.egl is None else f"{summary.egl:.3f}"),
+        ("tool success rate", "-" if rate is None else f"{rate:.1%}"),
+        ("wall time", f"{summary.wall_time_s:.1f} s"),
+    ]
+    rows += [
+        (f"tokens {role}", f"{c.get('input_tokens', 0)} in / {c.get('output_tokens', 0)} out")
+        for role, c in sorted(summary.tokens.items())
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+@click.command("evolve")
+@click.argument("tasks_source")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Where predictions.jsonl, steps.jsonl and checkpoints go; run again to resume.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N tasks.")
+@click.option("--frozen", is_flag=True, help="Evaluate the library as it is: build no new tools.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Episodes run at once (default: the batch size).",
+)
+@click.option("--model", default=None, help="Model name for every role (overrides settings).")
+@click.option("--system", default="insitu", show_default=True, help="Name of this run in reports.")
+@click.pass_obj
+def evolve_command(
+    settings: InsituContext,
+    tasks_source: str,
+    batch_size: int,
+    run_dir: str,
+    limit: int | None,
+    frozen: bool,
+    concurrency: int | None,
+    model: str | None,
+    system: str,
+) -> None:
+    """Solve the tasks of TASKS_SOURCE in batches, growing and merging the tool library.
+
+    TASKS_SOURCE is a JSONL file (id, question, optional files and answer), or
+    `local`, `gsm8k[:PATH]`, `humaneval`. Killed at any moment, the same
+    command resumes after the last completed batch.
+    """
+    from insitu.evals.tasks import TaskLoadError, load_tasks
+    from insitu.evolve import RunMismatchError, evolve
+    from insitu.services import ConfigurationError
+    from insitu.tool_store.errors import StoreError
+
+    try:
+        tasks = load_tasks(tasks_source, limit=limit)
+    except (TaskLoadError, ImportError, ValueError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if not tasks:
+        fail(f"{tasks_source} holds no tasks", EXIT_CONFIG)
+    settings = replace(
+        settings,
+        freeze_library=frozen or settings.freeze_library,
+        batch_concurrency=concurrency or batch_size,
+    )
+    if model:
+        settings = settings.with_model(model)
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        overall = progress.add_task("tasks", total=len(tasks))
+        batches = progress.add_task("batches", total=-(-len(tasks) // batch_size))
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") in ("task_done", "task_failed"):
+                progress.advance(overall)
+
+        def on_batch(step: dict[str, Any]) -> None:
+            egl = "-" if step["egl"] is None else f"{step['egl']:.3f}"
+            progress.update(overall, completed=step["tasks_processed"])
+            progress.update(
+                batches,
+                advance=1,
+                description=f"batches (library {step['library_size']}, EGL {egl})",
+            )
+
+        try:
+            summary = evolve(
+                tasks,
+                run_dir=Path(run_dir),
+                batch_size=batch_size,
+                context=settings,
+                system=system,
+                tasks_source=tasks_source,
+                on_event=on_event,
+                on_batch=on_batch,
+            )
+        except (ConfigurationError, RunMismatchError) as exc:
+            fail(str(exc), EXIT_CONFIG)
+        except StoreError as exc:
+            fail(str(exc), EXIT_RUNTIME)
+    out.print(summary_table(summary))
+    raise SystemExit(EXIT_OK)

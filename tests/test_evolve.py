@@ -1,0 +1,336 @@
+"""The batch graph and absorbing, driven by the scripted team (a test double).
+
+The store (with the real MiniLM embedding where absorbing groups tools), the
+sandbox and the graphs are real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import BaseMessage
+
+from insitu.evals.tasks import Task
+from insitu.evolve import evolve, read_jsonl
+from insitu.graphs.evolve import compile_evolve_graph
+from insitu.testing import ScriptedChatModel
+from insitu.testing.team import (
+    DATE_DIFFERENCE,
+    SUMMARIZE_NUMBERS,
+    Capability,
+    ScriptedTeam,
+    scripted_stream,
+)
+from insitu.tool_store import ToolStore
+from insitu.tool_store.admission import admit_tool
+
+MEAN = "What is the mean of 3, 5, 10 and 2?"
+DATES = "How many days from 2024-01-01 to 2024-03-01?"
+
+
+def variant(name: str, description: str, keyword: str, **changes: Any) -> Capability:
+    """summarize_numbers under another name and description (a functional duplicate)."""
+    source = changes.pop("source", SUMMARIZE_NUMBERS.source)
+    source = source.replace('"summarize_numbers"', f'"{name}"').replace(
+        '"Computes count, mean, median, population standard deviation, minimum and "\n'
+        '    "maximum of a list of numbers and returns them."',
+        repr(description),
+    )
+    return dataclasses.replace(
+        SUMMARIZE_NUMBERS,
+        name=name,
+        description=description,
+        source=source,
+        pattern=rf"{keyword}[^\d-]*((?:-?\d+(?:\.\d+)?[,\s]*(?:and\s+)?)+)",
+        **changes,
+    )
+
+
+DESCRIBE = variant(
+    "describe_numbers",
+    "Describes a list of numbers: count, mean, median, spread, smallest and largest value.",
+    "describe",
+)
+PROFILE = variant(
+    "profile_numbers",
+    "Profiles a list of numbers and returns count, mean, median, deviation, min and max.",
+    "profile",
+)
+#: Same signature, but its tests want the sample standard deviation: a merge with
+#: summarize_numbers (population) cannot pass both sets of tests.
+SAMPLE_DESCRIBE = dataclasses.replace(
+    DESCRIBE,
+    source=DESCRIBE.source.replace("statistics.pstdev(v)", "statistics.stdev(v)"),
+    tests=[
+        {
+            "name": "sample",
+            "input": {"values": [1, 2, 3, 4]},
+            "check": "approx(output['stdev'], 1.2909944)",
+        },
+        {"name": "empty", "input": {"values": []}, "expect_error": True},
+    ],
+)
+
+
+def tasks_of(*questions: str) -> list[dict[str, str]]:
+    return [{"id": f"t{i}", "question": q} for i, q in enumerate(questions)]
+
+
+@pytest.fixture
+def minilm_store(tmp_path: Path):
+    with ToolStore.open(tmp_path / "store", embedding="minilm") as store:
+        yield store
+
+
+def run_batch(store, sandbox, models, tasks, **context) -> dict[str, Any]:
+    graph = compile_evolve_graph(models=models, store=store, sandbox=sandbox)
+    return graph.invoke(
+        {"tasks": tasks, "batch_id": "b1"},
+        context={"store_dir": str(store.path), **context},
+    )
+
+
+def add_tool(store, sandbox, capability: Capability, tmp_path: Path, **kwargs) -> None:
+    spec = admit_tool(
+        capability.source, capability.tests, sandbox=sandbox, scratch_dir=tmp_path / "admit"
+    )
+    store.add(spec, origin="manual", **kwargs)
+
+
+# ------------------------------------------------------------------ the batch graph
+
+
+def test_parallel_episodes_never_see_each_others_local_tools(store, sandbox) -> None:
+    team = ScriptedTeam()
+    seen: dict[str, str] = {}
+
+    def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
+        text = str(messages[0].content)
+        if text.startswith("You are the Manager"):
+            task = text.split("## Task\n", 1)[1].split("\n", 1)[0]
+            seen[task] = text.split("## Candidate tools", 1)[1].split("\n## ", 1)[0]
+            time.sleep(0.2)  # both episodes are planning at the same time
+        return team.respond(messages, tools)
+
+    final = run_batch(
+        store, sandbox, ScriptedChatModel(responder=responder), tasks_of(MEAN, DATES, MEAN + " ")
+    )
+    results = {r["task_id"]: r for r in final["results"]}
+    assert all(r["status"] == "completed" for r in results.values())
+    # Each episode built its own tool: neither saw the other's, even the same one.
+    assert results["t0"]["tools_created"] == ["summarize_numbers"]
+    assert results["t2"]["tools_created"] == ["summarize_numbers"]
+    assert "compute_date_difference" not in seen[MEAN]
+    assert "summarize_numbers" not in seen[DATES]
+    # Absorbing kept one summarize_numbers and committed both tools at once.
+    assert sorted(r.name for r in store.list()) == ["compute_date_difference", "summarize_numbers"]
+    assert final["commit"]["applied"]
+
+
+def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) -> None:
+    team = ScriptedTeam()
+
+    def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
+        text = str(messages[0].content)
+        if text.startswith("You are the Manager") and "crash" in text:
+            raise RuntimeError("endpoint exploded")
+        if text.startswith("You are the Manager") and "slow" in text:
+            time.sleep(5)
+        return team.respond(messages, tools)
+
+    started = time.monotonic()
+    final = run_batch(
+        store,
+        sandbox,
+        ScriptedChatModel(responder=responder),
+        tasks_of(MEAN, "crash: " + DATES, "slow: " + DATES),
+        episode_timeout_s=1.5,
+    )
+    assert time.monotonic() - started < 5  # the slow episode was given up on
+    results = {r["task_id"]: r for r in final["results"]}
+    assert results["t0"]["status"] == "completed"
+    assert results["t1"]["status"] == "failed" and "endpoint exploded" in results["t1"]["error"]
+    assert results["t2"]["status"] == "failed" and "episode_timeout_s" in results["t2"]["error"]
+    assert final["absorb"]["added"] == ["summarize_numbers"]
+    assert store.count() == 1
+
+
+@pytest.mark.parametrize(("limit", "expected_max"), [(2, 2), (6, 6)])
+def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> None:
+    team = ScriptedTeam()
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
+        if str(messages[0].content).startswith("You are the Manager"):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.3)
+            with lock:
+                active[0] -= 1
+        return team.respond(messages, tools)
+
+    graph = compile_evolve_graph(
+        models=ScriptedChatModel(responder=responder),
+        store=store,
+        sandbox=sandbox,
+        max_concurrency=limit,
+    )
+    questions = [q["question"] for q in scripted_stream(6)]
+    graph.invoke({"tasks": tasks_of(*questions)}, context={"store_dir": str(store.path)})
+    assert peak[0] == expected_max
+
+
+def test_empty_batch_commits_nothing(store, sandbox) -> None:
+    final = run_batch(store, sandbox, ScriptedTeam().model(), [])
+    assert final["results"] == [] and not final["commit"]["applied"]
+
+
+# ------------------------------------------------------------------ absorbing
+
+
+def test_near_duplicates_are_merged_with_lineage(minilm_store, sandbox) -> None:
+    team = ScriptedTeam(capabilities=(DESCRIBE, SUMMARIZE_NUMBERS, DATE_DIFFERENCE))
+    final = run_batch(
+        minilm_store, sandbox, team.model(), tasks_of(MEAN, "Describe 1, 2, 3 and 4", DATES)
+    )
+    absorb = final["absorb"]
+    assert absorb["merged"] == [
+        {"into": "summarize_numbers", "from": ["summarize_numbers", "describe_numbers"]}
+    ]
+    assert absorb["added"] == ["compute_date_difference"]  # distinct tools are kept
+    names = sorted(r.name for r in minilm_store.list())
+    assert names == ["compute_date_difference", "summarize_numbers"]
+    merged = minilm_store.get("summarize_numbers")
+    assert merged.origin == "merged"
+    assert merged.merged_from == ["summarize_numbers@1", "describe_numbers@1"]
+    # The merged tool carries (and passed) the union of the members' tests.
+    assert {t.name for t in merged.tests} >= {
+        f"{member}__{t['name']}"
+        for member in ("summarize_numbers", "describe_numbers")
+        for t in SUMMARIZE_NUMBERS.tests
+    }
+    assert absorb["llm_calls"] == 2  # one verdict, one merge
+
+
+def test_merge_into_the_library_archives_replaced_tools(minilm_store, sandbox, tmp_path) -> None:
+    add_tool(minilm_store, sandbox, SUMMARIZE_NUMBERS, tmp_path)
+    add_tool(minilm_store, sandbox, DESCRIBE, tmp_path)
+    team = ScriptedTeam(capabilities=(PROFILE, SUMMARIZE_NUMBERS, DESCRIBE))
+    final = run_batch(minilm_store, sandbox, team.model(), tasks_of("Profile 4, 8 and 15"))
+    assert final["results"][0]["tools_created"] == ["profile_numbers"]
+    absorb = final["absorb"]
+    assert len(absorb["merged"]) == 1
+    keeper = absorb["merged"][0]["into"]
+    assert keeper == "summarize_numbers"  # the oldest library member keeps its name
+    assert set(absorb["archived"]) == {"describe_numbers"}
+    record = minilm_store.get("summarize_numbers")
+    assert record.version == 2 and record.origin == "merged"
+    assert set(record.merged_from) == {
+        "summarize_numbers@1",
+        "describe_numbers@1",
+        "profile_numbers@1",
+    }
+    assert minilm_store.get("describe_numbers").status == "archived"  # kept, never deleted
+    assert not minilm_store.has("profile_numbers")
+    assert [r.name for r in minilm_store.list()] == ["summarize_numbers"]
+
+
+def test_a_merge_that_breaks_a_members_tests_is_rejected(minilm_store, sandbox) -> None:
+    team = ScriptedTeam(capabilities=(SAMPLE_DESCRIBE, SUMMARIZE_NUMBERS))
+    final = run_batch(minilm_store, sandbox, team.model(), tasks_of(MEAN, "Describe 1, 2, 3 and 4"))
+    absorb = final["absorb"]
+    assert absorb["merged"] == []
+    assert len(absorb["merge_rejected"]) == 1
+    assert "describe_numbers__sample" in absorb["merge_rejected"][0]["reason"]
+    assert sorted(absorb["added"]) == ["describe_numbers", "summarize_numbers"]
+    assert minilm_store.get("describe_numbers").source == SAMPLE_DESCRIBE.source
+
+
+def test_locked_tools_are_never_merged_away(minilm_store, sandbox, tmp_path) -> None:
+    add_tool(minilm_store, sandbox, SUMMARIZE_NUMBERS, tmp_path)
+    minilm_store.lock("summarize_numbers")
+    before = minilm_store.get("summarize_numbers")
+    team = ScriptedTeam(capabilities=(DESCRIBE, SUMMARIZE_NUMBERS))
+    final = run_batch(minilm_store, sandbox, team.model(), tasks_of("Describe 1, 2, 3 and 4"))
+    assert final["absorb"]["merged"] == []
+    assert final["absorb"]["added"] == ["describe_numbers"]
+    after = minilm_store.get("summarize_numbers")
+    assert (after.version, after.hash, after.status) == (before.version, before.hash, "active")
+
+
+def test_malformed_aggregator_verdicts_keep_the_tools(minilm_store, sandbox) -> None:
+    team = ScriptedTeam(capabilities=(DESCRIBE, SUMMARIZE_NUMBERS))
+
+    def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
+        if str(messages[0].content).startswith("You are the Aggregator"):
+            return '{"duplicates": [["summarize_numbers", "not_a_member"]]}'
+        return team.respond(messages, tools)
+
+    final = run_batch(
+        minilm_store,
+        sandbox,
+        ScriptedChatModel(responder=responder),
+        tasks_of(MEAN, "Describe 1, 2, 3 and 4"),
+        max_reasks=1,
+    )
+    assert final["absorb"]["merged"] == []
+    assert "no usable verdict" in final["absorb"]["merge_rejected"][0]["reason"]
+    assert sorted(r.name for r in minilm_store.list()) == ["describe_numbers", "summarize_numbers"]
+
+
+# ------------------------------------------------------------------ the run
+
+
+def test_recurring_capabilities_are_reused_and_egl_falls(store, sandbox, tmp_path) -> None:
+    tasks = [Task(**t) for t in scripted_stream(12)]
+    team = ScriptedTeam()
+    summary = evolve(
+        tasks,
+        run_dir=tmp_path / "run",
+        batch_size=4,
+        models=team.model(),
+        store=store,
+        sandbox=sandbox,
+        context={"store_dir": str(store.path)},
+        scripted=True,
+    )
+    steps = read_jsonl(tmp_path / "run" / "steps.jsonl")
+    assert [s["tools_created"] for s in steps][1:] == [0, 0]  # later occurrences reuse
+    curve = [s["egl"] for s in steps]
+    assert curve[0] is not None and curve[1] < curve[0] and curve[2] < curve[1]
+    assert summary.library_size == 2 and summary.completed == 12
+    predictions = read_jsonl(tmp_path / "run" / "predictions.jsonl")
+    assert [p["id"] for p in predictions] == [t.id for t in tasks]
+    assert all(p["status"] == "completed" for p in predictions)
+
+
+def test_frozen_run_builds_nothing(store, sandbox, tmp_path) -> None:
+    tasks = [Task(**t) for t in scripted_stream(4)]
+    evolve(
+        tasks,
+        run_dir=tmp_path / "run",
+        batch_size=2,
+        models=ScriptedTeam().model(),
+        store=store,
+        sandbox=sandbox,
+        context={"store_dir": str(store.path), "freeze_library": True},
+    )
+    assert store.count() == 0
+    predictions = read_jsonl(tmp_path / "run" / "predictions.jsonl")
+    assert all(p["tools_created"] == [] for p in predictions)
+
+
+def test_a_run_dir_refuses_another_run(store, sandbox, tmp_path) -> None:
+    from insitu.evolve import RunMismatchError
+
+    tasks = [Task(**t) for t in scripted_stream(2)]
+    kwargs = {"models": ScriptedTeam().model(), "store": store, "sandbox": sandbox}
+    evolve(tasks, run_dir=tmp_path / "run", batch_size=2, **kwargs)
+    with pytest.raises(RunMismatchError, match="batch_size"):
+        evolve(tasks, run_dir=tmp_path / "run", batch_size=1, **kwargs)
