@@ -1,4 +1,5 @@
-"""insitu's LangGraph graphs: the episode graph (one task) and its reflection subgraph.
+"""insitu's LangGraph graphs: the episode graph (one task), its reflection subgraph, and the
+batch graph (parallel episodes, then absorbing).
 
 Each module exposes a ``build_*_graph()`` factory returning an uncompiled
 ``StateGraph`` (for composition) and, for the top-level graphs, a compiled
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 #: Graph name -> module exposing the compiled ``graph`` (as in ``langgraph.json``).
-SERVED_GRAPHS = {"episode": "insitu.graphs.episode"}
+SERVED_GRAPHS = {"episode": "insitu.graphs.episode", "evolve": "insitu.graphs.evolve"}
 
 
 def mermaid(name: str) -> str:

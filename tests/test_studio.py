@@ -128,3 +128,26 @@ def test_episode_graph_runs_in_langgraph_dev(studio: tuple[str, Path]) -> None:
     assert final["tools_created"] == ["summarize_numbers"]
     with ToolStore.open(store_dir, read_only=True) as store:
         assert store.get("summarize_numbers").version == 1
+
+
+def test_batch_graph_runs_in_langgraph_dev(studio: tuple[str, Path]) -> None:
+    from langgraph_sdk import get_sync_client
+
+    url, store_dir = studio
+    client = get_sync_client(url=url)
+    thread = client.threads.create()
+    final = client.runs.wait(
+        thread["thread_id"],
+        "evolve",
+        input={
+            "batch_id": "studio-1",
+            "tasks": [
+                {"id": "a", "question": "Compute the average of 4 and 8"},
+                {"id": "b", "question": "How many days from 2024-01-01 to 2024-03-01?"},
+            ],
+        },
+    )
+    assert sorted(r["status"] for r in final["results"]) == ["completed", "completed"]
+    assert final["commit"]["applied"]
+    with ToolStore.open(store_dir, read_only=True) as store:
+        assert store.get("compute_date_difference").version == 1
