@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
@@ -173,6 +174,27 @@ def _history_section(state: EpisodeState) -> str:
     return "## Earlier rounds of this task\n" + "\n".join(lines) + "\n"
 
 
+def manager_messages(
+    state: EpisodeState, candidates: list[Candidate], context: InsituContext
+) -> list[BaseMessage]:
+    """Render the Manager's prompt: the task, its candidates and earlier rounds.
+
+    Its size depends on ``retrieval_k`` and the task, never on the library's size.
+    """
+    freeze_rule = (
+        "The library is frozen for this run: request nothing." if context.freeze_library else ""
+    )
+    return prompt_message(
+        "manager",
+        task=state["task"],
+        files=files_section(state.get("files")),
+        candidates=_candidates_section(candidates),
+        history=_history_section(state),
+        max_new_tools=context.max_new_tools_per_round,
+        freeze_rule=freeze_rule,
+    )
+
+
 def plan_task(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
@@ -187,18 +209,7 @@ def plan_task(
     candidates = retrieve_candidates(state, services, context)
     emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
     store = services.store(context)
-    freeze_rule = (
-        "The library is frozen for this run: request nothing." if context.freeze_library else ""
-    )
-    messages = prompt_message(
-        "manager",
-        task=state["task"],
-        files=files_section(state.get("files")),
-        candidates=_candidates_section(candidates),
-        history=_history_section(state),
-        max_new_tools=context.max_new_tools_per_round,
-        freeze_rule=freeze_rule,
-    )
+    messages = manager_messages(state, candidates, context)
     usage = TokenUsage()
     try:
         asked = ask_role(
