@@ -15,12 +15,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
 from insitu.context import InsituContext
 from insitu.graphs.episode import RECURSION_LIMIT, compile_episode_graph
+from insitu.graphs.interpreter import build_interpreter_graph
 from insitu.graphs.routes import fan_out_tasks
 from insitu.graphs.state import TokenCounts, merge_usage
 from insitu.nodes import absorb, batch
@@ -84,6 +85,7 @@ def build_evolve_graph(
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
     store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
+    solver: Literal["episode", "interpreter"] = "episode",
 ) -> StateGraph:
     """Return the uncompiled batch graph.
 
@@ -92,13 +94,18 @@ def build_evolve_graph(
             ``build_episode_graph``; the ``absorber`` role confirms and merges).
         store: An open ``ToolStore`` (default: the context's ``store_dir``).
         sandbox: A ``Sandbox`` (default: one per process from the context).
+        solver: The graph each task runs: the ``episode`` graph, or the
+            python-interpreter baseline (``interpreter``; it builds no tools).
 
     Returns:
         A ``StateGraph`` with input ``EvolveInput``, output ``EvolveOutput`` and
         context ``InsituContext``.
     """
     services = Services(models=models, store=store, sandbox=sandbox)
-    episode = compile_episode_graph(models=models, store=store, sandbox=sandbox)
+    if solver == "interpreter":
+        episode = build_interpreter_graph(models=models, store=store, sandbox=sandbox).compile()
+    else:
+        episode = compile_episode_graph(models=models, store=store, sandbox=sandbox)
     builder = StateGraph(
         EvolveState,
         context_schema=InsituContext,
@@ -121,6 +128,7 @@ def compile_evolve_graph(
     checkpointer=None, *, max_concurrency: int = DEFAULT_CONCURRENCY, **kwargs
 ):
     """Compile :func:`build_evolve_graph` with recursion and concurrency limits.
+
 
     Args:
         checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).

@@ -102,6 +102,11 @@ class InsituContext:
     freeze_library: bool = _describe(
         "Evaluate a snapshot: no new tools, no repairs, nothing written to the library.", False
     )
+    keep_new_tools: bool = _describe(
+        "Keep the tools an episode builds (False: they are built and used, then dropped — the "
+        "no-reuse baseline).",
+        True,
+    )
     commit_mode: Literal["store", "defer"] = _describe(
         "'store': reflection commits new tools to the library; 'defer': they are returned "
         "for the batch graph to absorb.",

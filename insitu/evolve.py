@@ -30,11 +30,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from insitu.context import InsituContext
+from insitu.context import ROLES, InsituContext
 from insitu.evolution import egl, tool_success_rate
 from insitu.graphs.state import merge_usage
 from insitu.services import check_model_configuration, open_store
@@ -239,6 +239,7 @@ def evolve(
     store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     system: str = "insitu",
+    solver: Literal["episode", "interpreter"] = "episode",
     tasks_source: str = "",
     scripted: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -256,6 +257,8 @@ def evolve(
         store: An open ``ToolStore`` to use.
         sandbox: A ``Sandbox`` to use.
         system: The name reports give this run.
+        solver: ``episode`` (the agent), or ``interpreter`` (the python-interpreter
+            baseline: one "run Python" tool, no library).
         tasks_source: Where the tasks came from (recorded in ``run.json``).
         scripted: The models are scripted test doubles (recorded; reports say so).
         on_event: Receives each progress event (episode and batch events).
@@ -288,6 +291,7 @@ def evolve(
         {
             "run_id": f"run-{_tasks_digest(tasks)}-b{batch_size}",
             "system": system,
+            "solver": solver,
             "tasks_file": tasks_source,
             "tasks": len(tasks),
             "tasks_digest": _tasks_digest(tasks),
@@ -296,6 +300,9 @@ def evolve(
             "frozen": settings.freeze_library,
             "scripted": scripted,
             "model": "scripted test double" if scripted else settings.model_for("executor"),
+            "models": {
+                role: "scripted" if scripted else settings.model_for(role) for role in ROLES
+            },
             "started_at": datetime.now(UTC).isoformat(),
         },
     )
@@ -313,6 +320,7 @@ def evolve(
             models=models,
             store=store,
             sandbox=sandbox,
+            solver=solver,
         )
         for number, batch in enumerate(batches, 1):
             if number in done_steps:

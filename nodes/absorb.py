@@ -337,7 +337,8 @@ def absorb_tools(
 ) -> dict[str, Any]:
     """Batch node: cluster and merge the batch's tools into one pending change set."""
     context = settings(runtime)
-    if context.freeze_library:
+    if context.freeze_library or not context.keep_new_tools:
+        # A frozen library takes nothing; a no-reuse run drops what its episodes built.
         return {
             "changes": ChangeSet().model_dump(mode="json"),
             "absorb": AbsorbReport().model_dump(),

@@ -152,6 +152,9 @@ def commit_tools(
     ]
     if context.freeze_library or not new_tools:
         return {"new_tools": [] if context.freeze_library else new_tools}
+    if not context.keep_new_tools:
+        emit("not_kept", f"{len(new_tools)} tool(s) of this task are not kept (no-reuse run)")
+        return {"new_tools": new_tools}
     if context.commit_mode == "store":
         changes = episode_changes(state)
         try:
@@ -165,23 +168,28 @@ def commit_tools(
     return {"new_tools": new_tools}
 
 
-def summarize_episode(
-    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
-) -> dict[str, Any]:
-    """Compute the evolution counters and ask for a short reflection note."""
-    context = settings(runtime)
+def episode_metrics(state: EpisodeState) -> tuple[EpisodeMetrics, list[str]]:
+    """The episode's evolution counters, and the tools it used (``name@version``)."""
     invocations = state.get("invocations") or []
-    local = state.get("local_tools") or {}
-    repaired = state.get("repaired_tools") or {}
     metrics = EpisodeMetrics(
-        tools_created=len(local),
-        tools_repaired=len(repaired),
+        tools_created=len(state.get("local_tools") or {}),
+        tools_repaired=len(state.get("repaired_tools") or {}),
         tool_invocations=len(invocations),
         tool_successes=sum(1 for i in invocations if i["ok"]),
         rounds=state.get("rounds", 0),
         executor_steps=state.get("executor_steps", 0),
     )
-    used = sorted({f"{i['tool']}@{i['version']}" for i in invocations})
+    return metrics, sorted({f"{i['tool']}@{i['version']}" for i in invocations})
+
+
+def summarize_episode(
+    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+) -> dict[str, Any]:
+    """Compute the evolution counters and ask for a short reflection note."""
+    context = settings(runtime)
+    local = state.get("local_tools") or {}
+    repaired = state.get("repaired_tools") or {}
+    metrics, used = episode_metrics(state)
     tools_text = (
         "\n".join(
             [f"- used {u}" for u in used]

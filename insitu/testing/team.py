@@ -190,6 +190,11 @@ def _text(message: BaseMessage) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
+def _tool_names(tools: Sequence[dict[str, Any]]) -> set[str]:
+    """Names of bound tools, in LangChain's or OpenAI's dict form."""
+    return {(t.get("function") or t).get("name", "") for t in tools}
+
+
 def _section(prompt: str, heading: str) -> str:
     match = re.search(rf"## {re.escape(heading)}\n(.*?)(?:\n## |\Z)", prompt, re.DOTALL)
     return match.group(1).strip() if match else ""
@@ -253,6 +258,8 @@ class ScriptedTeam:
             if first.startswith(marker):
                 with self._lock:
                     self.role_calls[role] = self.role_calls.get(role, 0) + 1
+                if role == "executor":
+                    return self._executor(first, messages, tools)
                 return getattr(self, f"_{role}")(first, messages)
         return "I am a scripted model and do not know this prompt."
 
@@ -296,13 +303,17 @@ class ScriptedTeam:
             source = capability.broken_source
         return f"```python\n{source}```\n```json\n{json.dumps(capability.tests)}\n```"
 
-    def _executor(self, prompt: str, messages: list[BaseMessage]) -> Any:
+    def _executor(
+        self, prompt: str, messages: list[BaseMessage], tools: list[dict[str, Any]] = ()
+    ) -> Any:
         task = _section(prompt, "Task")
         found = self.capability_for(task)
         results = [m for m in messages if isinstance(m, ToolMessage)]
         if found is None:
             return "I could not find a way to compute this."
         capability, match = found
+        if "run_python" in _tool_names(tools):
+            return self._interpreter(capability, match, results)
         if not results:
             return {
                 "content": "",
@@ -329,6 +340,24 @@ class ScriptedTeam:
             }
         output = json.loads(_text(last))
         return f"Result: {capability.answer(output)}"
+
+    def _interpreter(
+        self, capability: Capability, match: re.Match[str], results: list[ToolMessage]
+    ) -> Any:
+        """The python-interpreter baseline: run the capability's code as a program."""
+        if not results:
+            program = (
+                f"{capability.source}\nimport json\n"
+                f"print(json.dumps(run(InputModel(**{capability.arguments(match)!r})).model_dump()))"
+            )
+            return {
+                "content": "",
+                "tool_calls": [{"name": "run_python", "args": {"code": program}}],
+            }
+        reply = json.loads(_text(results[-1])) if _text(results[-1]).startswith("{") else {}
+        if reply.get("error") or not reply.get("stdout"):
+            return f"The program failed: {_text(results[-1])[:300]}"
+        return f"Result: {capability.answer(json.loads(reply['stdout']))}"
 
     def _integrator(self, prompt: str, messages: list[BaseMessage]) -> str:
         ending = _section(prompt, "How the work ended")

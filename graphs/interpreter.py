@@ -1,0 +1,55 @@
+"""The python-interpreter baseline graph: the same Executor with only a "run Python" tool.
+
+    START -> prepare_workspace -> bind_interpreter -> execute_task -> write_answer
+          -> summarize_interpreter_run -> END
+
+Input and output are the episode graph's, so the batch graph and the evaluation
+harness run it in place of the episode graph (``solver="interpreter"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING
+
+from langgraph.graph import END, START, StateGraph
+
+from insitu.context import InsituContext
+from insitu.graphs.state import EpisodeInput, EpisodeOutput, EpisodeState
+from insitu.nodes import executor, integrator, interpreter, workspace
+from insitu.services import Services
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from insitu.sandbox import Sandbox
+    from insitu.tool_store import ToolStore
+
+
+def build_interpreter_graph(
+    *,
+    models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+    store: ToolStore | None = None,
+    sandbox: Sandbox | None = None,
+) -> StateGraph:
+    """Return the uncompiled baseline graph (arguments as ``build_episode_graph``)."""
+    services = Services(models=models, store=store, sandbox=sandbox)
+    builder = StateGraph(
+        EpisodeState,
+        context_schema=InsituContext,
+        input_schema=EpisodeInput,
+        output_schema=EpisodeOutput,
+    )
+    builder.add_node("prepare_workspace", partial(workspace.prepare_workspace, services=services))
+    builder.add_node("bind_interpreter", partial(interpreter.bind_interpreter, services=services))
+    builder.add_node("execute_task", partial(executor.execute_task, services=services))
+    builder.add_node("write_answer", partial(integrator.write_answer, services=services))
+    builder.add_node("summarize_interpreter_run", interpreter.summarize_interpreter_run)
+    builder.add_edge(START, "prepare_workspace")
+    builder.add_edge("prepare_workspace", "bind_interpreter")
+    builder.add_edge("bind_interpreter", "execute_task")
+    builder.add_edge("execute_task", "write_answer")
+    builder.add_edge("write_answer", "summarize_interpreter_run")
+    builder.add_edge("summarize_interpreter_run", END)
+    return builder
