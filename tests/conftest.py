@@ -36,10 +36,13 @@ def run_episode(
 ) -> Callable[..., tuple[EpisodeResult, list[dict[str, Any]]]]:
     """Run one task through the real episode graph; return the result and its events."""
 
-    def run(task: str, models: Any, **context: Any) -> tuple[EpisodeResult, list[dict[str, Any]]]:
+    def run(
+        task: str, models: Any, files: tuple[Any, ...] = (), **context: Any
+    ) -> tuple[EpisodeResult, list[dict[str, Any]]]:
         events: list[dict[str, Any]] = []
         result = run_task(
             task,
+            files=files,
             models=models,
             store=store,
             sandbox=sandbox,

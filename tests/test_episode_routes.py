@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from insitu.sandbox import Sandbox
 from insitu.testing import ScriptedChatModel
-from insitu.testing.team import SUMMARIZE_NUMBERS, ScriptedTeam
+from insitu.testing.team import SUMMARIZE_NUMBERS, Capability, ScriptedTeam
 from insitu.tool_store import ToolStore
 from insitu.tool_store.admission import admit_tool
 
@@ -315,4 +315,65 @@ def test_invalid_task_is_rejected_before_anything_runs(run_episode, store: ToolS
 
     with pytest.raises(InvalidTaskError):
         run_episode("   ", ScriptedTeam().model())
+    assert store.count() == 0
+
+
+COUNT_LINES = Capability(
+    name="count_text_lines",
+    description="Counts the lines of a text file and the non-empty ones, and returns both.",
+    source="""from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+__TOOL_META__ = {
+    "name": "count_text_lines",
+    "description": "Counts the lines of a text file and the non-empty ones, and returns both.",
+    "dependencies": [],
+}
+
+
+class InputModel(BaseModel):
+    path: str = Field(description="The file, relative to the working directory.")
+
+
+class OutputModel(BaseModel):
+    lines: int
+    non_empty: int
+
+
+def run(input: InputModel) -> OutputModel:
+    text = Path(input.path).read_text()
+    rows = text.splitlines()
+    return OutputModel(lines=len(rows), non_empty=sum(1 for r in rows if r.strip()))
+""",
+    tests=[
+        {
+            "name": "three",
+            "input": {"path": "a.txt"},
+            "files": {"a.txt": "x\n\ny\n"},
+            "expect": {"lines": 3, "non_empty": 2},
+        }
+    ],
+    pattern=r"lines (?:are )?in (\S+\.txt)",
+    arguments=lambda m: {"path": m.group(1)},
+    answer=lambda out: f"{out['lines']} lines, {out['non_empty']} non-empty",
+)
+
+
+def test_task_files_reach_the_tools_working_directory(run_episode, tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("alpha\n\nbeta\ngamma\n")
+    team = ScriptedTeam(capabilities=(COUNT_LINES,))
+    result, _ = run_episode("How many lines are in notes.txt?", team.model(), files=(notes,))
+    assert result.status == "completed"
+    assert result.answer == "4 lines, 3 non-empty"
+
+
+def test_a_missing_task_file_is_a_clear_error(run_episode, store, tmp_path) -> None:
+    from insitu.nodes.workspace import InvalidTaskError
+
+    with pytest.raises(InvalidTaskError, match="does not exist"):
+        run_episode(
+            "Count lines in gone.txt", ScriptedTeam().model(), files=(tmp_path / "gone.txt",)
+        )
     assert store.count() == 0
