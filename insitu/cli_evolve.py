@@ -12,6 +12,7 @@ from rich.table import Table
 
 from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out
 from insitu.context import InsituContext
+from insitu.testing.team import SCRIPTED_LABEL, ScriptedTeam
 
 
 def summary_table(summary: Any) -> Table:
@@ -59,6 +60,12 @@ def summary_table(summary: Any) -> Table:
 )
 @click.option("--model", default=None, help="Model name for every role (overrides settings).")
 @click.option("--system", default="insitu", show_default=True, help="Name of this run in reports.")
+@click.option(
+    "--scripted",
+    is_flag=True,
+    help="Use the scripted test model instead of an LLM (offline check of a setup; every "
+    "output is labelled as such).",
+)
 @click.pass_obj
 def evolve_command(
     settings: InsituContext,
@@ -70,6 +77,7 @@ def evolve_command(
     concurrency: int | None,
     model: str | None,
     system: str,
+    scripted: bool,
 ) -> None:
     """Solve the tasks of TASKS_SOURCE in batches, growing and merging the tool library.
 
@@ -95,6 +103,10 @@ def evolve_command(
     )
     if model:
         settings = settings.with_model(model)
+    models = None
+    if scripted:
+        err.print(f"[bold yellow]{SCRIPTED_LABEL}[/]")
+        models = ScriptedTeam().model()
 
     columns = (
         TextColumn("{task.description}"),
@@ -126,6 +138,8 @@ def evolve_command(
                 batch_size=batch_size,
                 context=settings,
                 system=system,
+                models=models,
+                scripted=scripted,
                 tasks_source=tasks_source,
                 on_event=on_event,
                 on_batch=on_batch,
@@ -135,4 +149,6 @@ def evolve_command(
         except StoreError as exc:
             fail(str(exc), EXIT_RUNTIME)
     out.print(summary_table(summary))
+    if scripted:
+        out.print(f"[bold yellow]{SCRIPTED_LABEL}[/]")
     raise SystemExit(EXIT_OK)
