@@ -78,7 +78,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +337,78 @@ def _floats(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
+def run_dedup_benchmark(
+    data_dir: str | Path | None = None,
+    sets: Sequence[str] | None = None,
+    *,
+    limit: int | None = DEFAULT_LIMIT,
+    group_cap: int | None = DEFAULT_GROUP_CAP,
+    embedding: str = "minilm",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    name_weights: Sequence[float] = DEFAULT_NAME_WEIGHTS,
+    k: int | None = None,
+    max_group_size: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Run the benchmark over the chosen sets.
+
+    Args:
+        data_dir: The ``tool_dedup`` folder (default :func:`default_data_dir`).
+        sets: Set names (default :data:`DEFAULT_SETS`).
+        limit: Gold groups sampled per set (0 or ``None``: all).
+        group_cap: Items kept per gold group (0 or ``None``: all).
+        embedding: ``"minilm"`` or ``"hashing"``.
+        thresholds: Similarity thresholds to score.
+        name_weights: Name-overlap weights to score.
+        k: Links per item (default: the clustering's).
+        max_group_size: Largest group (default: the clustering's).
+        log: Progress messages.
+
+    Returns:
+        ``{"data_dir", "settings", "sets": {name: result}, "missing_sets",
+        "total_seconds"}`` (each result as :func:`run_set` returns it), or
+        ``{"skipped": reason}`` when the data folder is absent.
+    """
+    from insitu.tool_store.clustering import DEFAULT_K, DEFAULT_MAX_GROUP_SIZE
+
+    data = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
+    if not data.is_dir():
+        return {"skipped": f"dedup data folder {data} not found (pass --data DIR)"}
+    results: dict[str, Any] = {}
+    missing: list[str] = []
+    started = time.perf_counter()
+    for name in sets or DEFAULT_SETS:
+        path = data / name / "items.jsonl"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        items = sample_items(_read_jsonl(path), limit, group_cap)
+        log(f"{name}: grouping {len(items)} items ({embedding})")
+        results[name] = run_set(
+            items,
+            embedding=embedding,
+            thresholds=thresholds,
+            name_weights=name_weights,
+            k=k,
+            max_group_size=max_group_size,
+        )
+    return {
+        "data_dir": str(data),
+        "settings": {
+            "embedding": embedding,
+            "limit": limit or 0,
+            "group_cap": group_cap or 0,
+            "thresholds": list(thresholds),
+            "name_weights": list(name_weights),
+            "k": k or DEFAULT_K,
+            "max_group_size": max_group_size or DEFAULT_MAX_GROUP_SIZE,
+        },
+        "sets": results,
+        "missing_sets": missing,
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit status (0 also when skipped for lack of data)."""
     parser = argparse.ArgumentParser(
@@ -367,7 +439,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped: dedup data folder {data} not found (pass --data DIR)")
         return 0
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    thresholds, weights = _floats(args.thresholds), _floats(args.name_weights)
     from insitu.tool_store.clustering import DEFAULT_K, DEFAULT_MAX_GROUP_SIZE
 
     print(
@@ -376,24 +447,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"max group size={args.max_group_size or DEFAULT_MAX_GROUP_SIZE}; "
         "* = the clustering defaults"
     )
-    results: dict[str, Any] = {}
-    started = time.perf_counter()
-    for name in sets:
-        path = data / name / "items.jsonl"
-        if not path.is_file():
-            print(f"\n{name}: skipped, {path} not found")
-            continue
-        items = sample_items(_read_jsonl(path), args.limit, args.group_cap)
-        results[name] = run_set(
-            items,
-            embedding=args.embedding,
-            thresholds=thresholds,
-            name_weights=weights,
-            k=args.k,
-            max_group_size=args.max_group_size,
-        )
-        _print_set(name, results[name])
-    total = time.perf_counter() - started
+    report = run_dedup_benchmark(
+        data,
+        sets,
+        limit=args.limit,
+        group_cap=args.group_cap,
+        embedding=args.embedding,
+        thresholds=_floats(args.thresholds),
+        name_weights=_floats(args.name_weights),
+        k=args.k,
+        max_group_size=args.max_group_size,
+    )
+    results: dict[str, Any] = report["sets"]
+    for name in report["missing_sets"]:
+        print(f"\n{name}: skipped, {data / name / 'items.jsonl'} not found")
+    for name, result in results.items():
+        _print_set(name, result)
     if len(results) > 1:
         print("\nmean over sets")
         print(f"   {'threshold':>9} {'name':>5} {'precision':>9} {'recall':>7} {'F1':>6}")
@@ -406,9 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{_mark(row)} {row['threshold']:>9.2f} {row['name_weight']:>5.2f} "
                 f"{means['precision']:>9.3f} {means['recall']:>7.3f} {means['f1']:>6.3f}"
             )
-    print(f"\ntotal time {total:.1f}s")
+    print(f"\ntotal time {report['total_seconds']:.1f}s")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"data": str(data)}, **results}))
+        settings = vars(args) | {"data": str(data), "json": str(args.json)}
+        args.json.write_text(json.dumps({"args": settings, **results}))
     return 0
 
 

@@ -355,10 +355,11 @@ def show_settings() -> None:
 def _register_commands() -> None:
     """Attach the commands that live in their own modules (they import this one)."""
     from insitu.cli_episode import demo, run
+    from insitu.cli_eval import eval_group
     from insitu.cli_evolve import evolve_command
     from insitu.cli_report import report
 
-    for command in (run, demo, evolve_command, report):
+    for command in (run, demo, evolve_command, report, eval_group):
         main.add_command(command)
 
 

@@ -1,0 +1,498 @@
+"""``insitu eval``: the benchmarks from the shell.
+
+Every subcommand prints a readable table on stdout, progress on stderr, and
+with ``--json PATH`` writes its full, machine-readable result there. A missing
+data folder is a configuration error (exit 2, with what to pass).
+
+To add a subcommand, decorate it with ``@eval_group.command("name")`` in this
+module and reuse :func:`json_option`, :func:`progress` and :func:`write_json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from insitu.cli import EXIT_CONFIG, err, fail, out
+from insitu.context import InsituContext
+
+#: Environment variable naming the folder that holds ``tool_retrieval/`` and ``tool_dedup/``.
+ENV_DATA = "INSITU_DATA"
+#: Where the shared data sits relative to the project root (or the current directory).
+SHARED_DATA = Path("..") / "shared" / "data"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@click.group("eval", invoke_without_command=False)
+def eval_group() -> None:
+    """Run the benchmarks: tool retrieval, duplicate grouping, prompt scaling."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--json PATH`` option (passed to the command as ``json_path``)."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Also write the full results as JSON to this file.",
+    )(command)
+
+
+def progress(message: str) -> None:
+    """Print one progress line on stderr."""
+    err.print(f"[dim]·[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def write_json(report: dict[str, Any], path: Path | None) -> None:
+    """Write ``report`` to ``path`` (nothing when ``None``)."""
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc}", EXIT_CONFIG)
+    progress(f"results written to {path}")
+
+
+def split_list(text: str | None) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [part for part in re.split(r"[,\s]+", text or "") if part]
+
+
+def split_floats(text: str, option: str) -> list[float]:
+    """Comma-separated numbers, or a usage error naming ``option``."""
+    try:
+        values = [float(part) for part in split_list(text)]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated numbers, got {text!r}", param_hint=option
+        ) from None
+    if not values:
+        raise click.BadParameter("give at least one number", param_hint=option)
+    return values
+
+
+def find_data_dir(
+    name: str,
+    *,
+    cwd: Path | None = None,
+    repo_root: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Path | None, list[Path]]:
+    """Find the default data folder ``name`` (``tool_retrieval``, ``tool_dedup``).
+
+    Looks for ``../shared/data/<name>`` from the current directory, then from
+    the project root, then for ``$INSITU_DATA/<name>``.
+
+    Returns:
+        The first folder that exists (or ``None``) and every place looked at.
+    """
+    env = os.environ if env is None else env
+    places = [
+        ((cwd or Path.cwd()) / SHARED_DATA / name).resolve(),
+        ((repo_root or REPO_ROOT) / SHARED_DATA / name).resolve(),
+    ]
+    if env.get(ENV_DATA):
+        places.append(Path(env[ENV_DATA]).expanduser().resolve() / name)
+    places = list(dict.fromkeys(places))
+    return next((p for p in places if p.is_dir()), None), places
+
+
+def data_root(name: str, given: Path | None, marker: str) -> tuple[Path, list[str] | None]:
+    """Resolve a benchmark's data folder, or fail with exit code 2.
+
+    Args:
+        name: The default folder's name under the shared data.
+        given: ``--data DIR``: a folder of sets, or one set's folder.
+        marker: The file every set folder holds (``tools.jsonl``, ``items.jsonl``).
+
+    Returns:
+        The folder of sets, and ``[set]`` when ``given`` was a single set's folder.
+    """
+    if given is None:
+        found, places = find_data_dir(name)
+        if found is None:
+            looked = ", ".join(str(p) for p in places)
+            fail(
+                f"no {name} data found (looked in {looked}); pass --data DIR or set "
+                f"${ENV_DATA} to the folder that holds {name}/",
+                EXIT_CONFIG,
+            )
+        root = found
+    else:
+        root = given.expanduser().resolve()
+        if not root.is_dir():
+            fail(f"data folder {root} does not exist; pass --data DIR", EXIT_CONFIG)
+    if (root / marker).is_file():
+        return root.parent, [root.name]
+    if not any((p / marker).is_file() for p in root.iterdir() if p.is_dir()):
+        fail(
+            f"{root} holds no benchmark set: expected sub-folders that hold {marker}",
+            EXIT_CONFIG,
+        )
+    return root, None
+
+
+def _settings(obj: Any) -> InsituContext:
+    return obj if isinstance(obj, InsituContext) else InsituContext()
+
+
+def results_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    caption: str | None = None,
+    *,
+    labels: int = 2,
+) -> Table:
+    """A results table; the first ``labels`` columns are labels, the others numbers."""
+    table = Table(
+        title=escape(title),
+        title_justify="left",
+        caption=escape(caption) if caption else None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < labels else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def show(table: Table) -> None:
+    """Print a table on stdout; into a file or pipe at its full width, never folded."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    wide = out.options.update_width(10_000)
+    width = max(out.width, Measurement.get(out, wide, table).maximum)
+    Console(file=out.file, width=width).print(table)
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+@eval_group.command("retrieval")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A tool_retrieval folder (sets with tools.jsonl + queries.jsonl) or one set's "
+    "folder (default: ../shared/data/tool_retrieval from here or the project root, "
+    "else $INSITU_DATA/tool_retrieval).",
+)
+@click.option("--sets", default=None, help="Comma-separated set names (default: every set).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score an evenly spread sample of N queries per set (default: all).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["minilm", "hashing"]),
+    default="minilm",
+    show_default=True,
+    help="Embedding of the dense side (hashing: fast, for tests).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Embedding cache (default: $TMPDIR/insitu-retrieval-cache).",
+)
+@json_option
+def eval_retrieval(
+    data_dir: Path | None,
+    sets: str | None,
+    limit: int | None,
+    embedding: str,
+    cache_dir: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Tool retrieval: dense, lexical and hybrid recall@1/5/10, MRR and search latency.
+
+    Every tool of a set is indexed as the store indexes its tools; each query is
+    run in the three modes and scored against its gold tools.
+    """
+    from insitu.evals.retrieval import BASELINES, TARGETS, run_retrieval_benchmark
+
+    root, single = data_root("tool_retrieval", data_dir, "tools.jsonl")
+    chosen = single or split_list(sets) or None
+    try:
+        report = run_retrieval_benchmark(
+            root,
+            chosen,
+            limit_queries=limit,
+            embedding=embedding,
+            cache_dir=cache_dir,
+            log=progress,
+        )
+    except ValueError as exc:  # an unknown set name
+        fail(str(exc), EXIT_CONFIG)
+    if "skipped" in report:  # pragma: no cover - data_root checked the folder
+        fail(report["skipped"], EXIT_CONFIG)
+    machine = report.get("machine") or {}
+    sizes = "; ".join(
+        f"{name}: {r['tools']} tools, {r['queries']} queries" for name, r in report["sets"].items()
+    )
+    caption = (
+        f"{sizes}.\nR@k = share of a query's gold tools in the top k; MRR over the top 10; "
+        "latency = one search, query embedding included"
+        + (f"; {machine['cpus']} CPUs" if machine.get("cpus") else "")
+        + ". ref R@5 = the curators' dense / tf-idf baselines, or this project's hybrid target."
+    )
+    rows = []
+    for name, result in report["sets"].items():
+        base = BASELINES.get(name, {})
+        for mode, m in result["modes"].items():
+            ref = ""
+            if mode == "dense" and "dense" in base:
+                ref = f"{base['dense']:.3f}"
+            elif mode == "lexical" and "tfidf" in base:
+                ref = f"{base['tfidf']:.3f}"
+            elif mode == "hybrid" and name in TARGETS:
+                ref = f"{TARGETS[name]:.2f} " + (
+                    "met" if m["recall@5"] >= TARGETS[name] else "NOT met"
+                )
+            rows.append(
+                [
+                    name,
+                    mode,
+                    *(f"{m[key]:.3f}" for key in ("recall@1", "recall@5", "recall@10", "mrr")),
+                    f"{m['latency_p50_ms']:.1f}",
+                    f"{m['latency_p90_ms']:.1f}",
+                    ref,
+                ]
+            )
+    show(
+        results_table(
+            f"tool retrieval ({embedding}) on {report['data_dir']}",
+            ["set", "mode", "R@1", "R@5", "R@10", "MRR", "p50 ms", "p90 ms", "ref R@5"],
+            rows,
+            caption,
+        )
+    )
+    write_json(report, json_path)
+
+
+# ---------------------------------------------------------------- dedup
+
+
+@eval_group.command("dedup")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A tool_dedup folder (sets with items.jsonl) or one set's folder (default: "
+    "../shared/data/tool_dedup from here or the project root, else $INSITU_DATA/tool_dedup).",
+)
+@click.option("--sets", default=None, help="Comma-separated set names (default: both sets).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Gold groups sampled per set, evenly spread (0: all).",
+)
+@click.option(
+    "--group-cap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Items kept per gold group (default: the benchmark's 8; 0: all).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["minilm", "hashing"]),
+    default="minilm",
+    show_default=True,
+)
+@click.option(
+    "--thresholds",
+    default=None,
+    help="Comma-separated similarity thresholds (default: the Aggregator's).",
+)
+@click.option(
+    "--name-weights",
+    default=None,
+    help="Comma-separated name-overlap weights (default: the Aggregator's).",
+)
+@json_option
+def eval_dedup(
+    data_dir: Path | None,
+    sets: str | None,
+    limit: int,
+    group_cap: int | None,
+    embedding: str,
+    thresholds: str | None,
+    name_weights: str | None,
+    json_path: Path | None,
+) -> None:
+    """Duplicate grouping: how well the Aggregator's candidate groups recover known duplicates.
+
+    Items are grouped exactly as the absorbing step groups new tools (embedding
+    of description + signature, name overlap, top-k links, size-capped groups)
+    and scored pairwise against the gold groups. By default the Aggregator's own
+    settings are scored (marked *); pass lists to sweep.
+    """
+    from insitu.evals.dedup import DEFAULT_GROUP_CAP, run_dedup_benchmark
+    from insitu.tool_store.clustering import DEFAULT_NAME_WEIGHT, DEFAULT_THRESHOLD
+
+    root, single = data_root("tool_dedup", data_dir, "items.jsonl")
+    chosen = single or split_list(sets) or None
+    if chosen:
+        unknown = [s for s in chosen if not (root / s / "items.jsonl").is_file()]
+        if unknown:
+            available = sorted(p.name for p in root.iterdir() if (p / "items.jsonl").is_file())
+            fail(f"unknown set(s) {unknown}; available: {', '.join(available)}", EXIT_CONFIG)
+    else:
+        from insitu.evals.dedup import DEFAULT_SETS
+
+        found = [p.name for p in sorted(root.iterdir()) if (p / "items.jsonl").is_file()]
+        chosen = [s for s in DEFAULT_SETS if s in found] + [
+            s for s in found if s not in DEFAULT_SETS
+        ]
+    report = run_dedup_benchmark(
+        root,
+        chosen,
+        limit=limit,
+        group_cap=DEFAULT_GROUP_CAP if group_cap is None else group_cap,
+        embedding=embedding,
+        thresholds=split_floats(thresholds, "--thresholds") if thresholds else [DEFAULT_THRESHOLD],
+        name_weights=(
+            split_floats(name_weights, "--name-weights") if name_weights else [DEFAULT_NAME_WEIGHT]
+        ),
+        log=progress,
+    )
+    rows = []
+    for name, result in report["sets"].items():
+        for row in result["rows"]:
+            default = (
+                row["threshold"] == DEFAULT_THRESHOLD and row["name_weight"] == DEFAULT_NAME_WEIGHT
+            )
+            rows.append(
+                [
+                    name + (" *" if default else ""),
+                    f"{row['threshold']:.2f}",
+                    f"{row['name_weight']:.2f}",
+                    f"{row['precision']:.3f}",
+                    f"{row['recall']:.3f}",
+                    f"{row['f1']:.3f}",
+                    str(row["groups"]),
+                    f"{row['pure']:.3f}",
+                ]
+            )
+    s = report["settings"]
+    sizes = "; ".join(
+        f"{name}: {r['items']} items, {r['gold_groups']} gold groups, {r['gold_pairs']} gold pairs"
+        for name, r in report["sets"].items()
+    )
+    show(
+        results_table(
+            f"duplicate grouping ({embedding}, k={s['k']}, max group {s['max_group_size']}) "
+            f"on {report['data_dir']}",
+            ["set", "threshold", "name weight", "precision", "recall", "F1", "groups", "pure"],
+            rows,
+            f"{sizes}.\nPairwise precision/recall/F1 over item pairs; groups = predicted groups "
+            "of 2+ (= merge calls); pure = share of them within one gold group; * = the "
+            f"Aggregator's defaults; total {report['total_seconds']:.1f} s.",
+            labels=1,
+        )
+    )
+    write_json(report, json_path)
+
+
+# ---------------------------------------------------------------- scaling
+
+
+@eval_group.command("scaling")
+@click.option(
+    "--sizes",
+    default="100,1000,10000",
+    show_default=True,
+    help="Comma-separated library sizes (tools; 10k = 10000).",
+)
+@click.option(
+    "--embedding",
+    type=click.Choice(["minilm", "hashing"]),
+    default=None,
+    help="Embedding of the stores (default: minilm, the real model).",
+)
+@click.option(
+    "--retrieval-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Candidates the Manager retrieves (default: the retrieval_k setting, 8).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed searches per task.",
+)
+@json_option
+@click.pass_obj
+def eval_scaling(
+    obj: Any,
+    sizes: str,
+    embedding: str | None,
+    retrieval_k: int | None,
+    repeats: int,
+    json_path: Path | None,
+) -> None:
+    """Manager prompt size and search latency as the library grows, against listing every tool.
+
+    For each size a temporary library of synthetic tools is built in one commit;
+    for 20 realistic tasks the Manager's real prompt (retrieved candidates) is
+    rendered next to the same prompt listing every tool. Tokens are estimated as
+    characters / 4 (no tokenizer).
+    """
+    from insitu.evals import scaling
+    from insitu.tool_store.embeddings import EmbeddingUnavailableError
+
+    try:
+        parsed = scaling.parse_sizes(sizes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sizes") from None
+    k = retrieval_k or _settings(obj).retrieval_k
+    try:
+        report = scaling.run_scaling_benchmark(
+            parsed,
+            embedding=embedding or scaling.DEFAULT_EMBEDDING,
+            retrieval_k=k,
+            repeats=repeats,
+            log=progress,
+        )
+    except EmbeddingUnavailableError as exc:
+        fail(f"{exc} (or pass --embedding hashing)", EXIT_CONFIG)
+    show(
+        results_table(
+            f"Manager prompt vs listing every tool (retrieval_k={k}, "
+            f"{report['settings']['embedding']} embedding)",
+            [title for title, _ in scaling.COLUMNS],
+            scaling.summary_rows(report),
+            "\n".join(scaling.notes(report)),
+            labels=0,
+        )
+    )
+    write_json(report, json_path)
