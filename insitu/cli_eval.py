@@ -35,9 +35,24 @@ SHARED_DATA = Path("..") / "shared" / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@click.group("eval", invoke_without_command=False)
+class EvalGroup(click.Group):
+    """``insitu eval SUITE ...`` is short for ``insitu eval suite SUITE ...``."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "suite", self.commands["suite"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group("eval", cls=EvalGroup, invoke_without_command=False)
 def eval_group() -> None:
-    """Run the benchmarks: tool retrieval, duplicate grouping, prompt scaling."""
+    """Compare systems on a task suite, or run a benchmark of insitu's machinery.
+
+    `insitu eval SUITE --systems ...` compares systems (see `insitu eval suite --help`);
+    `retrieval`, `dedup` and `scaling` measure the store and the absorbing step.
+    """
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -496,3 +511,96 @@ def eval_scaling(
         )
     )
     write_json(report, json_path)
+
+
+# ---------------------------------------------------------------- suite
+
+
+@eval_group.command("suite")
+@click.argument("suite")
+@click.option(
+    "--systems",
+    default="insitu,no-reuse,python-interpreter",
+    show_default=True,
+    help="Comma-separated: insitu, insitu-frozen, no-reuse, python-interpreter.",
+)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N tasks.")
+@click.option(
+    "--library",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A library to start insitu from (copied) and to evaluate as insitu-frozen.",
+)
+@click.option("--model", default=None, help="Model name for every role.")
+@click.option("--judge-model", default=None, help="Model that grades `judge` tasks.")
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Price table ($ per 1M tokens by model; default: evals/prices.json).",
+)
+@click.option(
+    "--scripted",
+    is_flag=True,
+    help="Use the scripted test model instead of an LLM (checks the setup offline; every "
+    "output says its numbers are not model results).",
+)
+@click.pass_obj
+def suite_command(
+    settings: InsituContext,
+    suite: str,
+    systems: str,
+    batch_size: int,
+    run_dir: Path,
+    limit: int | None,
+    library: Path | None,
+    model: str | None,
+    judge_model: str | None,
+    prices: Path | None,
+    scripted: bool,
+) -> None:
+    """Compare systems on SUITE (`local`, `gsm8k[:PATH]`, `humaneval`, or a JSONL file).
+
+    Writes one folder per system into --run-dir, then comparison.json, comparison.md and
+    report.html. Run the same command again to resume an interrupted comparison.
+    """
+    from insitu.evals.harness import SCRIPTED_NOTE, comparison_markdown, run_comparison
+    from insitu.evals.tasks import TaskLoadError, load_tasks
+    from insitu.evolve import RunMismatchError
+    from insitu.services import ConfigurationError, make_chat_model
+
+    try:
+        tasks = load_tasks(suite, limit=limit)
+    except (TaskLoadError, ImportError, ValueError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if model:
+        settings = settings.with_model(model)
+    models = judge = None
+    if scripted:
+        from insitu.testing.team import ScriptedTeam
+
+        err.print(f"[bold yellow]{SCRIPTED_NOTE}[/]")
+        models = ScriptedTeam().model()
+    try:
+        if judge_model:
+            judge = make_chat_model("integrator", settings.with_model(judge_model))
+        comparison = run_comparison(
+            tasks,
+            systems=split_list(systems),
+            run_dir=run_dir,
+            batch_size=batch_size,
+            suite=suite,
+            context=settings,
+            models=models,
+            library=library,
+            judge_model=judge,
+            prices=prices,
+            scripted=scripted,
+            on_system=lambda name: progress(f"system {name}: {len(tasks)} tasks"),
+        )
+    except (ConfigurationError, RunMismatchError, ValueError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    out.print(comparison_markdown(comparison), highlight=False, markup=False, soft_wrap=True)
+    progress(f"comparison written to {run_dir}/comparison.md, comparison.json, report.html")
