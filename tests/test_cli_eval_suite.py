@@ -29,7 +29,7 @@ def test_eval_local_suite_scripted(tmp_path: Path) -> None:
             "--run-dir",
             str(run_dir),
             "--scripted",
-        ],  # fmt: skip
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
