@@ -341,6 +341,7 @@ def run_retrieval_benchmark(
         "bm25_b": index_module.DEFAULT_BM25_B,
         **(index_kwargs or {}),
     }
+    load = os.getloadavg()[0]
     results = {
         name: evaluate_set(
             root / name,
@@ -354,14 +355,26 @@ def run_retrieval_benchmark(
         )
         for name in chosen
     }
-    return {"data_dir": str(root), "settings": settings, "sets": results}
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_avg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
+    return {"data_dir": str(root), "settings": settings, "machine": machine, "sets": results}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """Render a benchmark result as plain-text tables."""
     if "skipped" in report:
         return f"skipped: {report['skipped']}"
-    lines = [f"data: {report['data_dir']}", f"settings: {json.dumps(report['settings'])}", ""]
+    lines = [f"data: {report['data_dir']}", f"settings: {json.dumps(report['settings'])}"]
+    machine = report.get("machine")
+    if machine:
+        lines.append(
+            f"{machine['cpus']} CPUs; 1-min load average {machine['load_avg_1min'][0]} at start, "
+            f"{machine['load_avg_1min'][1]} at end (latency: one search, query embedding "
+            "included)"
+        )
+    lines.append("")
     header = (
         f"{'set':<16} {'mode':<8} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR':>6} "
         f"{'p50 ms':>7} {'p90 ms':>7}  reference R@5"
@@ -418,16 +431,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    report = run_retrieval_benchmark(
-        args.data,
-        [s for s in re.split(r"[,\s]+", args.sets) if s] if args.sets else None,
-        limit_queries=args.limit_queries,
-        embedding=args.embedding,
-        cache_dir=args.cache_dir,
-        with_params=not args.no_params,
-        sweep=args.sweep,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    try:
+        report = run_retrieval_benchmark(
+            args.data,
+            [s for s in re.split(r"[,\s]+", args.sets) if s] if args.sets else None,
+            limit_queries=args.limit_queries,
+            embedding=args.embedding,
+            cache_dir=args.cache_dir,
+            with_params=not args.no_params,
+            sweep=args.sweep,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except ValueError as exc:  # an unknown set name
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
