@@ -12,7 +12,6 @@ from rich.table import Table
 
 from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out
 from insitu.context import InsituContext
-from insitu.testing.team import SCRIPTED_LABEL, ScriptedTeam
 
 
 def summary_table(summary: Any) -> Table:
@@ -103,9 +102,12 @@ def evolve_command(
     )
     if model:
         settings = settings.with_model(model)
-    models = None
+    models, banner = None, ""
     if scripted:
-        err.print(f"[bold yellow]{SCRIPTED_LABEL}[/]")
+        from insitu.testing.team import SCRIPTED_LABEL, ScriptedTeam
+
+        banner = f"[bold yellow]{SCRIPTED_LABEL}[/]"
+        err.print(banner)
         models = ScriptedTeam().model()
 
     columns = (
@@ -149,6 +151,6 @@ def evolve_command(
         except StoreError as exc:
             fail(str(exc), EXIT_RUNTIME)
     out.print(summary_table(summary))
-    if scripted:
-        out.print(f"[bold yellow]{SCRIPTED_LABEL}[/]")
+    if banner:
+        out.print(banner)
     raise SystemExit(EXIT_OK)
