@@ -113,7 +113,9 @@ def build_evolve_graph(
         output_schema=EvolveOutput,
     )
     builder.add_node(
-        "solve_task", partial(batch.solve_task, episode=episode), input_schema=SolveInput
+        "solve_task",
+        partial(batch.solve_task, episode=episode, slots=batch.EpisodeSlots()),
+        input_schema=SolveInput,
     )
     builder.add_node("absorb_tools", partial(absorb.absorb_tools, services=services))
     builder.add_node("commit_batch", partial(absorb.commit_batch, services=services))
@@ -129,14 +131,18 @@ def compile_evolve_graph(
 ):
     """Compile :func:`build_evolve_graph` with recursion and concurrency limits.
 
-
     Args:
         checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).
-        max_concurrency: Episodes run at the same time.
+        max_concurrency: Threads LangGraph may use for the batch's episodes; the
+            context's ``batch_concurrency`` bounds how many actually run at once.
         **kwargs: Passed to :func:`build_evolve_graph`.
     """
     compiled = build_evolve_graph(**kwargs).compile(checkpointer=checkpointer, name="evolve")
-    return compiled.with_config(recursion_limit=RECURSION_LIMIT, max_concurrency=max_concurrency)
+    # LangGraph runs a streaming consumer's waiter in the same bounded pool as the
+    # nodes: one extra slot keeps max_concurrency=1 from starving the only episode.
+    return compiled.with_config(
+        recursion_limit=RECURSION_LIMIT, max_concurrency=max_concurrency + 1
+    )
 
 
 #: The compiled graph for LangGraph Studio (``langgraph.json``).

@@ -9,6 +9,7 @@ failed result for its task; the batch and the absorb go on.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,12 +43,30 @@ def failed_result(task: dict[str, Any], reason: str, wall_time_s: float) -> dict
     }
 
 
+class EpisodeSlots:
+    """Bounds how many episodes of a batch graph run at once (``batch_concurrency``).
+
+    LangGraph's own ``max_concurrency`` also counts its stream waiter, so the
+    bound that users set through the context is enforced here, per graph.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._semaphores: dict[int, threading.BoundedSemaphore] = {}
+
+    def limit(self, count: int) -> threading.BoundedSemaphore:
+        """The semaphore for a bound of ``count`` episodes."""
+        with self._lock:
+            return self._semaphores.setdefault(count, threading.BoundedSemaphore(max(1, count)))
+
+
 def solve_task(
     state: dict[str, Any],
     config: RunnableConfig,
     runtime: Runtime[InsituContext],
     *,
     episode: Pregel,
+    slots: EpisodeSlots,
 ) -> dict[str, Any]:
     """Batch node (one per ``Send``): run the episode graph on one task.
 
@@ -56,6 +75,7 @@ def solve_task(
         config: The run's config (the episode runs as a subgraph of this node).
         runtime: Supplies the settings.
         episode: The compiled episode graph.
+        slots: Bounds the episodes running at once.
 
     Returns:
         ``{"results": [result]}`` — the episode's output plus ``wall_time_s``,
@@ -64,6 +84,17 @@ def solve_task(
     context = replace(settings(runtime), commit_mode="defer")
     task = state["task"]
     payload = {"task": task["question"], "task_id": task["id"], "files": task.get("files") or []}
+    with slots.limit(context.batch_concurrency):
+        return _solve(task, payload, config, context, episode)
+
+
+def _solve(
+    task: dict[str, Any],
+    payload: dict[str, Any],
+    config: RunnableConfig,
+    context: InsituContext,
+    episode: Pregel,
+) -> dict[str, Any]:
     started = time.monotonic()
     emit("task_started", f"task {task['id']} started", task_id=task["id"])
     # The episode runs in its own thread so that a hung episode can be given up on;

@@ -160,7 +160,7 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
     assert store.count() == 1
 
 
-@pytest.mark.parametrize(("limit", "expected_max"), [(2, 2), (6, 6)])
+@pytest.mark.parametrize(("limit", "expected_max"), [(1, 1), (2, 2), (6, 6)])
 def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> None:
     team = ScriptedTeam()
     lock, active, peak = threading.Lock(), [0], [0]
@@ -176,13 +176,13 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
         return team.respond(messages, tools)
 
     graph = compile_evolve_graph(
-        models=ScriptedChatModel(responder=responder),
-        store=store,
-        sandbox=sandbox,
-        max_concurrency=limit,
+        models=ScriptedChatModel(responder=responder), store=store, sandbox=sandbox
     )
     questions = [q["question"] for q in scripted_stream(6)]
-    graph.invoke({"tasks": tasks_of(*questions)}, context={"store_dir": str(store.path)})
+    graph.invoke(
+        {"tasks": tasks_of(*questions)},
+        context={"store_dir": str(store.path), "batch_concurrency": limit},
+    )
     assert peak[0] == expected_max
 
 
@@ -334,3 +334,19 @@ def test_a_run_dir_refuses_another_run(store, sandbox, tmp_path) -> None:
     evolve(tasks, run_dir=tmp_path / "run", batch_size=2, **kwargs)
     with pytest.raises(RunMismatchError, match="batch_size"):
         evolve(tasks, run_dir=tmp_path / "run", batch_size=1, **kwargs)
+
+
+@pytest.mark.timeout(120)
+def test_one_episode_at_a_time_does_not_deadlock(store, sandbox, tmp_path) -> None:
+    tasks = [Task(**t) for t in scripted_stream(2)]
+    summary = evolve(
+        tasks,
+        run_dir=tmp_path / "run",
+        batch_size=2,
+        models=ScriptedTeam().model(),
+        store=store,
+        sandbox=sandbox,
+        context={"store_dir": str(store.path), "batch_concurrency": 1},
+        on_event=lambda event: None,  # streaming, as the CLI does
+    )
+    assert summary.completed == 2
