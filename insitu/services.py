@@ -118,6 +118,7 @@ def open_sandbox(context: InsituContext) -> Sandbox:
         context.install_dependencies,
         tuple(context.denied_packages),
         tuple(context.allowed_packages) if context.allowed_packages is not None else None,
+        context.batch_concurrency,
     )
     with _lock:
         sandbox = _sandboxes.get(key)
@@ -132,6 +133,9 @@ def open_sandbox(context: InsituContext) -> Sandbox:
                 backend=context.sandbox_backend,
                 timeout_s=context.tool_timeout_s,
                 memory_mb=context.tool_memory_mb,
+                # A warm worker serves one working directory: room for every episode
+                # of a batch, its tool builds, and a few to spare.
+                max_workers=max(8, 2 * context.batch_concurrency + 4),
             )
             sandbox = Sandbox(settings, toolenv=toolenv)
             _sandboxes[key] = sandbox

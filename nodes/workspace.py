@@ -70,6 +70,8 @@ def prepare_workspace(
         if source.resolve() != target.resolve():
             shutil.copyfile(source, target)
         names.append(source.name)
+    # Start the sandbox worker for this directory now, while the Manager plans.
+    services.sandbox(context).prewarm(workdir)
     return {
         "task": task,
         "task_id": task_id,

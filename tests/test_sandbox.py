@@ -668,3 +668,24 @@ def test_outcome_is_json_serialisable(sandbox: Sandbox, workdir: Path) -> None:
     out = sandbox.call(MEAN, {"values": [1]}, workdir=workdir)
     data = json.loads(out.model_dump_json())
     assert data["kind"] == "ok" and data["output"] == {"mean": 1.0, "count": 1}
+
+
+def test_prewarm_starts_the_worker_the_first_call_then_uses(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "prewarmed"
+    # An empty pool of its own, so other tests' workers do not count.
+    with Sandbox(SandboxSettings(backend=sandbox.backend)) as own:
+        own.prewarm(fresh)
+        deadline = time.monotonic() + 30
+        while own.worker_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert own.worker_count == 1  # starting in the background
+        # A call arriving while the worker still starts waits for it, not for a second one.
+        out = own.call(tool("value = 1"), {}, workdir=fresh)
+        assert out.ok, out
+        assert own.worker_count == 1
+
+
+def test_prewarm_of_an_unusable_directory_is_silent(sandbox: Sandbox) -> None:
+    sandbox.prewarm(Path("/usr"))  # read-only for tools: refused later, never raised here

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,6 +54,33 @@ def secrets_from_env(names: Iterable[str], env: Mapping[str, str] | None = None)
     return {name: env[name] for name in names if name in env}
 
 
+_directory_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _directory_lock(path: Path) -> Iterator[None]:
+    """Serialise admissions that share a test directory (same tool, same scratch)."""
+    with _locks_guard:
+        lock = _directory_locks.setdefault(path, threading.Lock())
+    with lock:
+        yield
+
+
+def _empty_directory(path: Path) -> None:
+    """Create ``path`` or remove everything in it, keeping the directory itself.
+
+    The directory (its inode) is kept so that the sandbox's warm worker bound to
+    it serves every attempt at the same tool instead of starting a new one.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def admit_tool(
     source: str,
     tests: Sequence[Mapping[str, Any] | ToolTest],
@@ -65,14 +93,14 @@ def admit_tool(
 ) -> ToolSpec:
     """Verify a tool end to end and return its spec.
 
-    The tests run in a fresh directory under ``scratch_dir`` holding only the
-    cases' own ``files``, so that kept tests never depend on one task's files.
+    The tests run in an emptied directory under ``scratch_dir`` holding only
+    the cases' own ``files``, so that kept tests never depend on one task's files.
 
     Args:
         source: The tool module.
         tests: Its test cases (dicts or ``ToolTest``), kept with the tool.
         sandbox: Where the module is imported and its tests run.
-        scratch_dir: Where the temporary test directory is made.
+        scratch_dir: Where the test directory (``tests-<name>``) is kept.
         expected_name: The name it was requested under, if any.
         extra_checks: Cases that must pass too but are not kept (e.g. the call
             that made a repair necessary), run in ``extra_workdir``.
@@ -112,21 +140,22 @@ def admit_tool(
         )
     secrets = list(meta.get("secrets", []))
     network = bool(meta.get("network", False))
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"admit-{name}-", dir=scratch_dir))
-    try:
-        for case in cases:
-            for file_name, content in case.files.items():
-                (workdir / file_name).write_text(content)
-        report = sandbox.run_tests(
-            source,
-            [case.model_dump(exclude={"files"}) for case in cases],
-            workdir=workdir,
-            network=network,
-            secrets=secrets_from_env(secrets),
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    workdir = scratch_dir / f"tests-{name}"
+    with _directory_lock(workdir):
+        _empty_directory(workdir)
+        try:
+            for case in cases:
+                for file_name, content in case.files.items():
+                    (workdir / file_name).write_text(content)
+            report = sandbox.run_tests(
+                source,
+                [case.model_dump(exclude={"files"}) for case in cases],
+                workdir=workdir,
+                network=network,
+                secrets=secrets_from_env(secrets),
+            )
+        finally:
+            _empty_directory(workdir)
     if not report.passed:
         raise AdmissionError("tests", f"tool '{name}' failed its tests:\n{report.message}", name)
     if extra_checks:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,7 @@ class _Pool:
         self._idle: OrderedDict[int, SandboxProcess] = OrderedDict()
         self._busy: set[int] = set()
         self._starting = 0
+        self._starting_keys: Counter[tuple[Any, ...]] = Counter()
         self._closed = False
 
     def acquire(self, key: tuple[Any, ...], timeout_s: float) -> SandboxProcess:
@@ -90,13 +91,17 @@ class _Pool:
                             break
                     else:
                         total = len(self._idle) + len(self._busy) + self._starting
-                        if total < self._max:
+                        if self._starting_keys[key]:
+                            pass  # a worker for this key is starting: wait for it
+                        elif total < self._max:
                             self._starting += 1
+                            self._starting_keys[key] += 1
                             break
-                        if self._idle:
+                        elif self._idle:
                             _, victim = self._idle.popitem(last=False)
                             to_close.append(victim)
                             self._starting += 1
+                            self._starting_keys[key] += 1
                             break
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
@@ -110,10 +115,12 @@ class _Pool:
         except BaseException:
             with self._cond:
                 self._starting -= 1
-                self._cond.notify()
+                self._starting_keys[key] -= 1
+                self._cond.notify_all()
             raise
         with self._cond:
             self._starting -= 1
+            self._starting_keys[key] -= 1
             if self._closed:
                 closed = True
             else:
@@ -141,7 +148,8 @@ class _Pool:
             if keep:
                 self._idle[id(worker)] = worker
                 self._idle.move_to_end(id(worker))
-            self._cond.notify()
+            # Waiters may want this worker's key or only a free slot: wake them all.
+            self._cond.notify_all()
         if not keep:
             worker.close(graceful=False)
 
@@ -301,6 +309,28 @@ class Sandbox:
         )
         return outcome
 
+    def prewarm(self, workdir: Path, *, network: bool = False) -> None:
+        """Start a warm worker for ``workdir`` in the background; never raises.
+
+        A warm worker is bound to one working directory, so the first call in a
+        new directory pays for starting a sandbox. Calling this as soon as the
+        directory is known (e.g. while a model plans) hides that cost.
+        """
+        if self._closed or self._unusable:
+            return
+
+        def start() -> None:
+            try:
+                key, problem = self._worker_key(Path(workdir), network)
+                if problem:
+                    return
+                worker = self._pool.acquire(key, timeout_s=0.0)
+            except Exception:  # a failed prewarm only means the first call starts one
+                return
+            self._pool.release(worker, healthy=worker.alive)
+
+        threading.Thread(target=start, name="insitu-sandbox-prewarm", daemon=True).start()
+
     def run_tests(
         self,
         source: str,
@@ -444,17 +474,9 @@ class Sandbox:
             if self._unusable:
                 return fail(ErrorKind.SANDBOX, self._unusable)
             timeout = float(timeout_s if timeout_s is not None else self.settings.timeout_s)
-            python = self.python()
-            workdir = Path(os.path.realpath(os.fspath(workdir)))
-            problem = backends.check_workdir(workdir, self._ro_paths(python))
+            key, problem = self._worker_key(workdir, network)
             if problem:
                 return fail(ErrorKind.SANDBOX, problem)
-            workdir.mkdir(parents=True, exist_ok=True)
-            if self._root:
-                backends.prepare_workdir(workdir, self.settings.sandbox_gid)
-            # The inode is part of the key: a worker bound to a since-deleted
-            # directory of the same name must not serve the new one.
-            st = os.stat(workdir)
             request = dict(request)
             request.update(
                 timeout_s=timeout,
@@ -463,7 +485,6 @@ class Sandbox:
                 result_bytes=self.settings.result_bytes,
                 secrets={str(k): str(v) for k, v in (secrets or {}).items()},
             )
-            key = (str(workdir), st.st_dev, st.st_ino, bool(network), python)
             response = self._exchange(key, request, timeout, warm)
         except WorkerError as exc:
             kind = (
@@ -500,6 +521,25 @@ class Sandbox:
         test = response.get("test") or {}
         verdict = (bool(test.get("passed")), str(test.get("message", "")))
         return outcome, verdict
+
+    def _worker_key(self, workdir: Path, network: bool) -> tuple[tuple[Any, ...], str]:
+        """Prepare ``workdir`` and return the key of the workers that may serve it.
+
+        Returns:
+            (key, problem): a non-empty ``problem`` says why the directory cannot be used.
+        """
+        python = self.python()
+        workdir = Path(os.path.realpath(os.fspath(workdir)))
+        problem = backends.check_workdir(workdir, self._ro_paths(python))
+        if problem:
+            return (), problem
+        workdir.mkdir(parents=True, exist_ok=True)
+        if self._root:
+            backends.prepare_workdir(workdir, self.settings.sandbox_gid)
+        # The inode is part of the key: a worker bound to a since-deleted
+        # directory of the same name must not serve the new one.
+        st = os.stat(workdir)
+        return (str(workdir), st.st_dev, st.st_ino, bool(network), python), ""
 
     def _exchange(
         self, key: tuple[Any, ...], request: dict[str, Any], timeout: float, warm: bool

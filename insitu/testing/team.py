@@ -258,8 +258,8 @@ class ScriptedTeam:
             if first.startswith(marker):
                 with self._lock:
                     self.role_calls[role] = self.role_calls.get(role, 0) + 1
-                if role == "executor":
-                    return self._executor(first, messages, tools)
+                if role == "executor" and "run_python" in _tool_names(tools):
+                    return self._interpreter(first, messages)
                 return getattr(self, f"_{role}")(first, messages)
         return "I am a scripted model and do not know this prompt."
 
@@ -303,17 +303,13 @@ class ScriptedTeam:
             source = capability.broken_source
         return f"```python\n{source}```\n```json\n{json.dumps(capability.tests)}\n```"
 
-    def _executor(
-        self, prompt: str, messages: list[BaseMessage], tools: list[dict[str, Any]] = ()
-    ) -> Any:
+    def _executor(self, prompt: str, messages: list[BaseMessage]) -> Any:
         task = _section(prompt, "Task")
         found = self.capability_for(task)
         results = [m for m in messages if isinstance(m, ToolMessage)]
         if found is None:
             return "I could not find a way to compute this."
         capability, match = found
-        if "run_python" in _tool_names(tools):
-            return self._interpreter(capability, match, results)
         if not results:
             return {
                 "content": "",
@@ -341,10 +337,13 @@ class ScriptedTeam:
         output = json.loads(_text(last))
         return f"Result: {capability.answer(output)}"
 
-    def _interpreter(
-        self, capability: Capability, match: re.Match[str], results: list[ToolMessage]
-    ) -> Any:
+    def _interpreter(self, prompt: str, messages: list[BaseMessage]) -> Any:
         """The python-interpreter baseline: run the capability's code as a program."""
+        found = self.capability_for(_section(prompt, "Task"))
+        if found is None:
+            return "I could not find a way to compute this."
+        capability, match = found
+        results = [m for m in messages if isinstance(m, ToolMessage)]
         if not results:
             program = (
                 f"{capability.source}\nimport json\n"
