@@ -23,6 +23,11 @@ Usage::
 
     python -m insitu.evals.retrieval [--data DIR] [--sets seal_tools,stabletoolbench]
         [--limit-queries N] [--sweep] [--json PATH]
+        [--fusion F] [--dense-weight W] [--segment-weight S] [--candidates N]
+        [--bm25-k1 K] [--bm25-b B]
+
+The index-setting options score one other setting than the defaults (all
+modes; the settings line of the output shows what was used).
 
 Embedded corpora and queries are cached (``$TMPDIR/insitu-retrieval-cache``), so
 re-runs skip the embedding.
@@ -428,6 +433,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-params", action="store_true", help="do not index parameters")
     parser.add_argument("--sweep", action="store_true", help="also score the fusion grid")
+    tuning = parser.add_argument_group(
+        "index settings", "override the ToolIndex defaults of tool_store/index.py"
+    )
+    tuning.add_argument("--fusion", choices=["zscore", "minmax", "rrf"], default=None)
+    tuning.add_argument("--dense-weight", type=float, default=None)
+    tuning.add_argument("--segment-weight", type=float, default=None)
+    tuning.add_argument("--candidates", type=int, default=None, help="per side and sentence")
+    tuning.add_argument("--bm25-k1", type=float, default=None)
+    tuning.add_argument("--bm25-b", type=float, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -440,6 +454,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             with_params=not args.no_params,
             sweep=args.sweep,
+            index_kwargs={
+                key: getattr(args, key)
+                for key in (
+                    "fusion",
+                    "dense_weight",
+                    "segment_weight",
+                    "candidates",
+                    "bm25_k1",
+                    "bm25_b",
+                )
+                if getattr(args, key) is not None
+            },
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
         )
     except ValueError as exc:  # an unknown set name
