@@ -11,8 +11,7 @@ orchestration, **not model results**.
    instant, so the store is not slowed by MiniLM) and one shared sandbox (warm
    workers, as one process would have). The scripted model sleeps ``--latency``
    seconds per call, standing in for an endpoint. Episodes of a batch run in
-   parallel (``batch_concurrency`` = B, except B=1: see
-   :data:`MIN_CONCURRENCY`). Printed per B: wall time, speed-up vs B=1, and
+   parallel (``batch_concurrency`` = B). Printed per B: wall time, speed-up vs B=1, and
    the share of the wall time spent outside the model.
 
    How model time is measured. The model is a :class:`TimedScriptedChatModel`:
@@ -81,7 +80,7 @@ Usage::
         [--batch-sizes 1,4,16] [--sizes 10,100,1000] [--skip-speedup] [--skip-absorb]
         [--what-if] [--absorb-embedding minilm|hashing] [--json PATH] [--workdir DIR]
 
-The figures and their analysis are in ``docs/perf-evolve.md``.
+The figures and their analysis are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -116,13 +115,8 @@ TARGET_SPEEDUP = 12.0
 TARGET_OUTSIDE_SHARE = 0.05
 #: The batch size the speed-up target is about.
 TARGET_BATCH = 16
-#: Smallest ``batch_concurrency`` used. LangGraph's synchronous runner runs the
-#: stream's waiter in the same thread pool as the nodes (``max_workers`` =
-#: ``max_concurrency``); when ``evolve`` streams custom events of subgraphs with
-#: ``max_concurrency=1``, the waiter takes the only worker and the one episode
-#: never starts (a deadlock; see ``docs/perf-evolve.md``). B=1 therefore runs
-#: with 2: a batch of one task still runs one episode.
-MIN_CONCURRENCY = 2
+#: Smallest ``batch_concurrency`` used (B=1 runs one episode at a time).
+MIN_CONCURRENCY = 1
 #: Configurations of the speed-up measurement: the shipped one, then what-if
 #: diagnostics that remove one suspected cost at a time (``--what-if``).
 WHAT_IFS = (

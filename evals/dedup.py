@@ -36,7 +36,7 @@ counts. ``--limit`` samples that many gold groups per set, evenly spread.
 
 Choice of the defaults (``DEFAULT_THRESHOLD = 0.9``, ``DEFAULT_NAME_WEIGHT = 0.5``,
 ``DEFAULT_K = 3``, ``DEFAULT_MAX_GROUP_SIZE = 8`` in ``tool_store/clustering.py``),
-from the MiniLM run recorded in ``docs/perf-dedup.md``. A false merge costs one
+from the MiniLM run recorded in ``docs/performance.md``. A false merge costs one
 LLM call and a test run, and the LLM rejects it; a missed duplicate stays in the
 library (until a later batch catches it) and splits the usage statistics. So
 precision is favoured, but recall matters too:

@@ -26,7 +26,7 @@ Usage::
 
 also ``insitu eval scaling`` (same options). With MiniLM, filling 10,000 tools
 embeds each of them once: about two minutes on 2 shared cores (figures in
-``docs/perf-scaling.md``). The hashing embedding fills in seconds and gives the
+``docs/performance.md``). The hashing embedding fills in seconds and gives the
 same prompt sizes, but its search latencies leave out MiniLM's query embedding.
 """
 
@@ -49,7 +49,7 @@ import numpy as np
 
 DEFAULT_SIZES = (100, 1000, 10000)
 #: The real model by default: it embedded 10,000 synthetic tools in 123 s of wall
-#: time (116 s CPU) on 2 cores shared with other jobs (``docs/perf-scaling.md``),
+#: time (116 s CPU) on 2 cores shared with other jobs (``docs/performance.md``),
 #: within the ~2 min budget of a benchmark run, so no size falls back to hashing.
 DEFAULT_EMBEDDING = "minilm"
 DEFAULT_RETRIEVAL_K = 8

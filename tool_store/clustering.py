@@ -45,7 +45,7 @@ thresholds chosen there are the thresholds used here.
 Defaults (:data:`DEFAULT_THRESHOLD` 0.9, :data:`DEFAULT_NAME_WEIGHT` 0.5,
 :data:`DEFAULT_K` 3, :data:`DEFAULT_MAX_GROUP_SIZE` 8) were chosen with that
 benchmark on the MiniLM embedding; the reasons are in ``evals/dedup.py`` (``insitu.evals.dedup``)
-and the figures in ``docs/perf-dedup.md``. The hashing embedding (tests) gives
+and the figures in ``docs/performance.md``. The hashing embedding (tests) gives
 other cosines, so pass a threshold explicitly with it.
 """
 
