@@ -37,17 +37,17 @@ Endpoints (all ``GET``; errors are ``{"error": "..."}`` with status 400, 401 or 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import threading
 from collections.abc import Mapping
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from insitu.loopback import LoopbackHTTPServer
 
 __all__ = ["DEFAULT_VERSION", "LocalAPI", "handle_request", "load_api_data"]
 
@@ -256,31 +256,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
+    """The loopback server, holding what its handlers serve."""
 
     def __init__(self, address: tuple[str, int], data: Mapping[str, Any]) -> None:
         self.data = data
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class LocalAPI:

@@ -20,17 +20,16 @@ Uses only the standard library (``http.server`` in a background thread).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from insitu.loopback import LoopbackHTTPServer
 from insitu.testing.scripted import (
     Empty,
     HTTPError,
@@ -100,33 +99,12 @@ def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that can close its open keep-alive connections."""
-
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
+    """The loopback server, holding what its handlers serve."""
 
     def __init__(self, address: tuple[str, int], owner: ScriptedOpenAIServer) -> None:
         self.owner = owner
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
