@@ -65,3 +65,12 @@ def test_wheel_ships_only_the_insitu_package(tmp_path: Path) -> None:
     for sub in ("graphs", "nodes", "tool_store", "evals", "sandbox"):
         assert f"insitu/{sub}/__init__.py" in names
     assert "insitu/tool_store/assets/all-MiniLM-L6-v2/tokenizer.json" in names
+    # Data files the code reads at run time: prompts, the baseline's tool, the suite.
+    for data in (
+        "insitu/nodes/prompts/manager.md",
+        "insitu/nodes/tools/run_python.py",
+        "insitu/evals/prices.json",
+        "insitu/evals/prompts/judge.md",
+        "insitu/evals/suite/v1/tasks.jsonl",
+    ):
+        assert data in names, data
