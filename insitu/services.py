@@ -136,6 +136,9 @@ def open_sandbox(context: InsituContext) -> Sandbox:
                 # A warm worker serves one working directory: room for every episode
                 # of a batch, its tool builds, and a few to spare.
                 max_workers=max(8, 2 * context.batch_concurrency + 4),
+                # Episode workdirs live here: warm workers are shared across episodes,
+                # each call confined to its own workdir (when Landlock is available).
+                workspace_root=str(Path(context.store_dir).resolve() / "workspaces"),
             )
             sandbox = Sandbox(settings, toolenv=toolenv)
             _sandboxes[key] = sandbox

@@ -42,6 +42,10 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
+#: Directories private to each sandbox process that every call may write.
+PRIVATE_SCRATCH = ("/tmp", "/dev/shm")
+
+
 class _PoolTimeout(Exception):
     pass
 
@@ -232,6 +236,8 @@ class Sandbox:
         self._pool = _Pool(
             self._start_worker, self.settings.max_workers, self.settings.idle_timeout_s
         )
+        # Workers shared by a workspace root need Landlock to keep each call in its workdir.
+        self._landlock = bool(self.settings.workspace_root) and runner.landlock_abi() >= 1
         self._scratch: str | None = None
         self._scratch_lock = threading.Lock()
         self._python_lock = threading.Lock()
@@ -321,7 +327,7 @@ class Sandbox:
 
         def start() -> None:
             try:
-                key, problem = self._worker_key(Path(workdir), network)
+                key, problem, _call_dir = self._worker_key(Path(workdir), network)
                 if problem:
                     return
                 worker = self._pool.acquire(key, timeout_s=0.0)
@@ -474,10 +480,12 @@ class Sandbox:
             if self._unusable:
                 return fail(ErrorKind.SANDBOX, self._unusable)
             timeout = float(timeout_s if timeout_s is not None else self.settings.timeout_s)
-            key, problem = self._worker_key(workdir, network)
+            key, problem, call_dir = self._worker_key(workdir, network)
             if problem:
                 return fail(ErrorKind.SANDBOX, problem)
             request = dict(request)
+            if call_dir is not None:
+                request["workdir"] = call_dir
             request.update(
                 timeout_s=timeout,
                 limits=self.settings.limits(timeout),
@@ -522,24 +530,46 @@ class Sandbox:
         verdict = (bool(test.get("passed")), str(test.get("message", "")))
         return outcome, verdict
 
-    def _worker_key(self, workdir: Path, network: bool) -> tuple[tuple[Any, ...], str]:
+    def _worker_key(self, workdir: Path, network: bool) -> tuple[tuple[Any, ...], str, str | None]:
         """Prepare ``workdir`` and return the key of the workers that may serve it.
 
         Returns:
-            (key, problem): a non-empty ``problem`` says why the directory cannot be used.
+            (key, problem, call_dir): a non-empty ``problem`` says why the
+            directory cannot be used; ``call_dir`` is set when the worker is
+            shared by the workspace root and the call must confine itself to it.
         """
         python = self.python()
         workdir = Path(os.path.realpath(os.fspath(workdir)))
         problem = backends.check_workdir(workdir, self._ro_paths(python))
         if problem:
-            return (), problem
+            return (), problem, None
         workdir.mkdir(parents=True, exist_ok=True)
         if self._root:
             backends.prepare_workdir(workdir, self.settings.sandbox_gid)
+        bound, call_dir = workdir, None
+        root = self._shared_root()
+        if root is not None and workdir != root and workdir.is_relative_to(root):
+            bound, call_dir = root, str(workdir)
         # The inode is part of the key: a worker bound to a since-deleted
         # directory of the same name must not serve the new one.
-        st = os.stat(workdir)
-        return (str(workdir), st.st_dev, st.st_ino, bool(network), python), ""
+        st = os.stat(bound)
+        return (str(bound), st.st_dev, st.st_ino, bool(network), python), "", call_dir
+
+    def _shared_root(self) -> Path | None:
+        """The workspace root that warm workers share, if this sandbox can confine calls."""
+        if not self.settings.workspace_root or self.backend != "bwrap" or not self._landlock:
+            return None
+        root = Path(os.path.realpath(self.settings.workspace_root))
+        if backends.check_workdir(root, self._ro_paths(self.python())):
+            return None
+        # Calls may write to the private /tmp and /dev/shm; Landlock allows whole
+        # subtrees, so a root beneath them could not be confined: no sharing then.
+        if any(root.is_relative_to(scratch) for scratch in PRIVATE_SCRATCH):
+            return None
+        root.mkdir(parents=True, exist_ok=True)
+        if self._root:
+            backends.prepare_workdir(root, self.settings.sandbox_gid)
+        return root
 
     def _exchange(
         self, key: tuple[Any, ...], request: dict[str, Any], timeout: float, warm: bool

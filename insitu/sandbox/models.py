@@ -157,6 +157,14 @@ class SandboxSettings:
             "python, else this process's)."
         },
     )
+    workspace_root: str | None = field(
+        default=None,
+        metadata={
+            "description": "A directory whose subdirectories are call workdirs. With bubblewrap "
+            "and Landlock, warm workers bind it once and confine each call's writes to its own "
+            "workdir, so one worker serves every workdir under it (None: one worker per workdir)."
+        },
+    )
     max_workers: int = field(
         default=8, metadata={"description": "Upper bound on live warm workers (LRU-evicted)."}
     )

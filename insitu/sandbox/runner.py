@@ -769,6 +769,88 @@ def drop_privileges(uid: int, gid: int, keep_read_search: bool = False) -> None:
         raise OSError("uid drop did not take effect")
 
 
+# Landlock (Linux >= 5.13): confines a process's writes to chosen directories
+# without privileges. Syscall numbers are the same on every architecture.
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+#: Every filesystem access that writes: files, directories, special files, links.
+_LANDLOCK_WRITES_V1 = sum(1 << bit for bit in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+_LANDLOCK_REFER = 1 << 13  # ABI 2: moving or linking files between directories
+_LANDLOCK_TRUNCATE = 1 << 14  # ABI 3
+_LANDLOCK_WRITE_FILE = 1 << 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = (("handled_access_fs", ctypes.c_uint64),)
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, or 0 when Landlock is unavailable."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    version = _libc.syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION
+    )
+    return max(0, int(version))
+
+
+def confine_writes(writable: list[str], device_dir: str = "/dev") -> None:
+    """Allow writes only beneath ``writable`` (and to existing files in /dev), for good.
+
+    Raises:
+        OSError: Landlock is unavailable or refused the rules (the caller must
+            then not run the tool).
+    """
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError("Landlock is not available in this kernel")
+    handled = _LANDLOCK_WRITES_V1
+    if abi >= 2:
+        handled |= _LANDLOCK_REFER
+    if abi >= 3:
+        handled |= _LANDLOCK_TRUNCATE
+    device_access = _LANDLOCK_WRITE_FILE | (_LANDLOCK_TRUNCATE if abi >= 3 else 0)
+    assert _libc is not None
+    attr = _RulesetAttr(handled)
+    ruleset = _libc.syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
+    )
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        rules = [(path, handled) for path in writable]
+        if os.path.isdir(device_dir):
+            rules.append((device_dir, device_access))
+        for path, access in rules:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = _PathBeneathAttr(access, fd)
+                if _libc.syscall(
+                    _SYS_LANDLOCK_ADD_RULE,
+                    ruleset,
+                    _LANDLOCK_RULE_PATH_BENEATH,
+                    ctypes.byref(rule),
+                    0,
+                ):
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+            finally:
+                os.close(fd)
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0):
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+
+
 def kill_uid_processes(wait_s: float = 1.0) -> None:
     """Kill every process of this (dedicated) uid except ourselves, and reap ours.
 
@@ -1203,8 +1285,22 @@ class Worker:
         os.environ.update({str(k): str(v) for k, v in (request.get("secrets") or {}).items()})
         sys.argv = ["tool"]
         me = os.getpid()
+        confined = True
+        workdir = request.get("workdir")
+        if workdir:
+            # A worker shared by the workdirs under one root: this call may write
+            # in its own workdir (and the private /tmp) only, or it does not run.
+            try:
+                os.chdir(workdir)
+                os.environ["HOME"] = workdir
+                confine_writes([workdir, "/tmp", "/dev/shm"])  # core.PRIVATE_SCRATCH
+            except OSError as exc:
+                confined = False
+                message = f"could not confine the call to its workdir: {exc}"
+                response = {"outcome": outcome(SANDBOX, message), "test": None}
         try:
-            response = execute(request)
+            if confined:
+                response = execute(request)
         except BaseException as exc:  # even the reporting failed (e.g. memory)
             error = classify_exception(exc, limits)
             response = {"outcome": outcome(error.kind, error.message), "test": None}
