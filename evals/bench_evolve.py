@@ -529,9 +529,17 @@ def bench_speedup(
 
     results = []
     for variant in variants:
-        settings = SandboxSettings()
+        # As insitu.services.open_sandbox does: warm workers shared by the workspace
+        # root (here the bench's root, holding every store's workspaces), a pool sized
+        # to the batch.
+        settings = SandboxSettings(
+            workspace_root=str(root.resolve()), max_workers=max(8, 2 * max(batch_sizes) + 4)
+        )
         if variant != WHAT_IFS[0]:
-            settings = SandboxSettings(max_workers=tasks + 2 * max(batch_sizes) + 16)
+            settings = SandboxSettings(
+                workspace_root=str(root.resolve()),
+                max_workers=tasks + 2 * max(batch_sizes) + 16,
+            )
         slug = WHAT_IFS.index(variant)
         raw = Sandbox(settings, toolenv=ToolEnvironment(root / f"toolenv-{slug}"))
         sandbox = TimingProxy(raw)
@@ -1015,7 +1023,10 @@ def _workdir(keep: str | None) -> Iterator[Path]:
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="bench-evolve-") as tmp:
+    # Like a real store (./.insitu), not under /tmp: the sandbox shares warm workers
+    # across episode workdirs only for a workspace root it can confine calls in.
+    base = "/var/tmp" if os.path.isdir("/var/tmp") else None
+    with tempfile.TemporaryDirectory(prefix="bench-evolve-", dir=base) as tmp:
         yield Path(tmp)
 
 
