@@ -427,7 +427,7 @@ def run_speedup(
     concurrency = max(batch_size, MIN_CONCURRENCY)
     slug = f"b{batch_size}-{WHAT_IFS.index(variant)}"
     run_dir = root / f"run-{slug}"
-    store_dir = root / f"store-{slug}"
+    store_dir = root / "stores" / f"store-{slug}"
     raw_store = ToolStore.open(store_dir, embedding="hashing")
     store = TimingProxy(raw_store)
     prewarm_s = (
@@ -529,16 +529,16 @@ def bench_speedup(
 
     results = []
     for variant in variants:
-        # As insitu.services.open_sandbox does: warm workers shared by the workspace
-        # root (here the bench's root, holding every store's workspaces), a pool sized
-        # to the batch.
+        # As insitu.services.open_sandbox does: warm workers shared by a workspace
+        # root (here the folder of every store, which must not hold the tool
+        # environment), a pool sized to the batch.
+        shared_root = str((root / "stores").resolve())
         settings = SandboxSettings(
-            workspace_root=str(root.resolve()), max_workers=max(8, 2 * max(batch_sizes) + 4)
+            workspace_root=shared_root, max_workers=max(8, 2 * max(batch_sizes) + 4)
         )
         if variant != WHAT_IFS[0]:
             settings = SandboxSettings(
-                workspace_root=str(root.resolve()),
-                max_workers=tasks + 2 * max(batch_sizes) + 16,
+                workspace_root=shared_root, max_workers=tasks + 2 * max(batch_sizes) + 16
             )
         slug = WHAT_IFS.index(variant)
         raw = Sandbox(settings, toolenv=ToolEnvironment(root / f"toolenv-{slug}"))

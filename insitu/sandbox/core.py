@@ -64,7 +64,7 @@ class _Pool:
         self._idle_timeout = idle_timeout_s
         self._cond = threading.Condition()
         self._idle: OrderedDict[int, SandboxProcess] = OrderedDict()
-        self._busy: set[int] = set()
+        self._busy: dict[int, SandboxProcess] = {}
         self._starting = 0
         self._starting_keys: Counter[tuple[Any, ...]] = Counter()
         self._closed = False
@@ -89,7 +89,7 @@ class _Pool:
                         if worker.key == key:
                             del self._idle[ident]
                             if worker.alive:
-                                self._busy.add(ident)
+                                self._busy[ident] = worker
                                 return worker
                             to_close.append(worker)
                             break
@@ -129,7 +129,7 @@ class _Pool:
                 closed = True
             else:
                 closed = False
-                self._busy.add(id(worker))
+                self._busy[id(worker)] = worker
         if closed:
             worker.close(graceful=False)
             raise WorkerError("sandbox", "the sandbox is closed")
@@ -147,7 +147,7 @@ class _Pool:
     def release(self, worker: SandboxProcess, healthy: bool) -> None:
         """Return a worker after a call; an unhealthy one is closed instead."""
         with self._cond:
-            self._busy.discard(id(worker))
+            self._busy.pop(id(worker), None)
             keep = healthy and not self._closed and worker.alive
             if keep:
                 self._idle[id(worker)] = worker
@@ -166,6 +166,13 @@ class _Pool:
             self._cond.notify_all()
         for worker in workers:
             worker.close(graceful=graceful)
+
+    def serves(self, key: tuple[Any, ...]) -> bool:
+        """Whether a worker for ``key`` exists (idle, busy or starting)."""
+        with self._cond:
+            return bool(self._starting_keys[key]) or any(
+                w.key == key for w in [*self._idle.values(), *self._busy.values()]
+            )
 
     @property
     def size(self) -> int:
@@ -327,9 +334,9 @@ class Sandbox:
 
         def start() -> None:
             try:
-                key, problem, _call_dir = self._worker_key(Path(workdir), network)
-                if problem:
-                    return
+                key, problem, call_dir = self._worker_key(Path(workdir), network)
+                if problem or (call_dir is not None and self._pool.serves(key)):
+                    return  # a shared worker exists: it will serve this workdir too
                 worker = self._pool.acquire(key, timeout_s=0.0)
             except Exception:  # a failed prewarm only means the first call starts one
                 return
