@@ -99,3 +99,25 @@ def test_a_root_under_tmp_is_not_shared(tmp_path: Path) -> None:
         if sandbox.backend == "bwrap":
             assert out.output["wrote"] is False  # each worker binds its own workdir only
     assert os.path.isdir(root)
+
+
+def test_episodes_in_a_real_store_use_the_shared_workers(root: Path) -> None:
+    from insitu.api import run_task
+    from insitu.context import InsituContext
+    from insitu.services import open_sandbox
+    from insitu.testing.team import ScriptedTeam
+
+    store_dir = root.parent / "store"  # a store outside /tmp, as ./.insitu would be
+    context = InsituContext(store_dir=str(store_dir), embedding="hashing")
+    team = ScriptedTeam()
+    for task in ("What is the mean of 3, 5, 10 and 2?", "Compute the average of 1, 2 and 6"):
+        result = run_task(task, models=team.model(), context=context, checkpoint=False)
+        assert result.status == "completed", result
+    sandbox = open_sandbox(context)
+    if sandbox.backend != "bwrap":
+        pytest.skip("workers are shared only with the bubblewrap backend")
+    shared = sandbox._shared_root()
+    assert shared == (store_dir / "workspaces").resolve()
+    # Both episodes' calls (and the build's tests) were served under the shared root.
+    st = os.stat(shared)
+    assert sandbox._pool.serves((str(shared), st.st_dev, st.st_ino, False, sandbox.python()))
