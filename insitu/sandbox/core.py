@@ -274,7 +274,9 @@ class Sandbox:
             "secrets", "network", "input_schema", "output_schema"}``.
         """
         try:
-            workdir = self._scratch_dir()
+            shared = self._shared_root()
+            # Under a shared root the warm workers that serve every call serve this too.
+            workdir = shared / ".describe" if shared is not None else self._scratch_dir()
         except OSError as exc:
             return Outcome.failure(ErrorKind.SANDBOX, f"cannot create a scratch directory: {exc}")
         response = self._run(
