@@ -31,7 +31,14 @@ from pydantic import BaseModel, Field
 from insitu.context import InsituContext
 from insitu.evals.graders import grade
 from insitu.evals.tasks import Task
-from insitu.evolve import PREDICTIONS_FILE, RUN_FILE, STEPS_FILE, evolve, read_jsonl
+from insitu.evolve import (
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    STEPS_FILE,
+    evolve,
+    read_jsonl,
+    summarize_run,
+)
 from insitu.services import open_sandbox
 
 if TYPE_CHECKING:
@@ -149,22 +156,16 @@ def summarize_system(
     meta = json.loads((run_dir / RUN_FILE).read_text())
     predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
     steps = read_jsonl(run_dir / STEPS_FILE)
+    run = summarize_run(run_dir)
     graded = [p for p in predictions if "grade" in p]
     correct = sum(1 for p in graded if p["grade"]["correct"])
     tasks = len(predictions)
-    tokens: dict[str, dict[str, int]] = {}
-    for step in steps:
-        for role, counts in (step.get("tokens") or {}).items():
-            mine = tokens.setdefault(role, {"input_tokens": 0, "output_tokens": 0})
-            mine["input_tokens"] += counts.get("input_tokens", 0)
-            mine["output_tokens"] += counts.get("output_tokens", 0)
     per_task = {
         role: round((c["input_tokens"] + c["output_tokens"]) / tasks, 1) if tasks else 0.0
-        for role, c in sorted(tokens.items())
+        for role, c in sorted(run.tokens.items())
     }
-    cost = cost_of(tokens, meta.get("models") or {}, prices)
-    calls = sum(int(s["invocations"]) for s in steps)
-    successes = sum(int(s["successes"]) for s in steps)
+    cost = cost_of(run.tokens, meta.get("models") or {}, prices)
+    rate = run.tool_success_rate
     return SystemResult(
         system=system,
         run_dir=str(run_dir),
@@ -173,15 +174,15 @@ def summarize_system(
         correct=correct,
         accuracy=round(correct / len(graded), 4) if graded else None,
         accuracy_ci95=wilson_interval(correct, len(graded)),
-        completed=sum(1 for p in predictions if p["status"] == "completed"),
-        failed=sum(1 for p in predictions if p["status"] == "failed"),
+        completed=run.completed,
+        failed=run.failed,
         tokens_per_task=per_task,
         total_tokens_per_task=round(sum(per_task.values()), 1),
         cost_per_task=None if cost is None or not tasks else round(cost / tasks, 6),
-        tool_calls=calls,
-        tool_success_rate=round(successes / calls, 4) if calls else None,
+        tool_calls=sum(int(s["invocations"]) for s in steps),
+        tool_success_rate=None if rate is None else round(rate, 4),
         tools_created=sum(int(s["tools_created"]) for s in steps),
-        library_size=int(steps[-1]["library_size"]) if steps else 0,
+        library_size=run.library_size,
         egl=[s["egl"] for s in steps],
         wall_time_s=round(sum(float(s["wall_time_s"]) for s in steps), 2),
     )

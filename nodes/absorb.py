@@ -19,7 +19,6 @@ library after a batch is either the old one or the new one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -242,16 +241,10 @@ def absorb_batch(
     usage = TokenUsage()
     new, repairs, dropped = collect_episode_tools(results)
     report = AbsorbReport(new_tools=len(new), dropped=dropped)
-    changes = ChangeSet(note=f"absorb {batch_id}")
-    for record in repairs:
-        changes.update(
-            record.name,
-            record.spec(),
-            origin="repaired",
-            created_by_task=record.created_by_task,
-            expected_version=record.parent_version,
-        )
-        report.repaired.append(record.name)
+    # Repairs first, as a single episode would commit them (with their expected version).
+    changes = ChangeSet.from_episode(repaired=repairs)
+    changes.note = f"absorb {batch_id}"
+    report.repaired = [r.name for r in repairs]
     if not new:
         return changes, report, usage
 
@@ -308,16 +301,9 @@ def absorb_batch(
             report.archived += archived
             report.merged.append({"into": keeper.name, "from": names})
             merged_away |= set(names)
-    for record in new:
-        if record.name not in merged_away:
-            changes.add(
-                record.spec(),
-                origin=record.origin,
-                created_by_task=record.created_by_task,
-                creation_cost_tokens=record.stats.creation_cost_tokens,
-                if_exists="update",
-            )
-            report.added.append(record.name)
+    kept = [record for record in new if record.name not in merged_away]
+    changes.changes += ChangeSet.from_episode(new=kept, if_exists="update").changes
+    report.added = [record.name for record in kept]
     report.llm_calls = usage.calls
     report.prompt_tokens = usage.input_tokens
     return changes, report, usage
@@ -325,8 +311,7 @@ def absorb_batch(
 
 def batch_commit_id(batch_id: str, changes: ChangeSet) -> str:
     """The idempotency key of a batch's commit: the batch and what it changes."""
-    digest = hashlib.sha256(changes.model_dump_json(exclude={"commit_id"}).encode()).hexdigest()
-    return f"batch:{batch_id}:{digest[:16]}"
+    return f"batch:{batch_id}:{changes.digest()[:16]}"
 
 
 # ------------------------------------------------------------------ graph nodes

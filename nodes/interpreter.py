@@ -55,8 +55,9 @@ def interpreter_record(services: Services, context: InsituContext) -> ToolRecord
                 scratch_dir=Path(context.store_dir).resolve() / "workspaces" / ".interpreter",
                 expected_name=TOOL_NAME,
             )
-            record = ToolRecord(**spec.model_dump(), version=1, hash=spec.content_hash())
-            record = record.model_copy(update={"origin": "manual"})
+            record = ToolRecord(
+                **spec.model_dump(), version=1, hash=spec.content_hash(), origin="manual"
+            )
             _admitted[id(sandbox)] = record
         return record
 

@@ -10,7 +10,6 @@ the reflection model for a short note.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from insitu.events import emit
 from insitu.graphs.state import EpisodeMetrics, EpisodeState
 from insitu.nodes.common import prompt_message, settings, usage_update
 from insitu.nodes.executor import TOOL_FAULTS
-from insitu.nodes.tool_developer import BuildError, local_record, repair_tool
+from insitu.nodes.tool_developer import BuildError, local_record, repair_tool, scratch_dir_for
 from insitu.services import Services
 from insitu.structured import TokenUsage, message_text
 from insitu.tool_store import ChangeSet, ToolRecord
@@ -90,7 +89,7 @@ def repair_failed_tools(
                 failing_call,
                 model=services.chat_model(ROLE, context),
                 sandbox=services.sandbox(context),
-                scratch_dir=workdir.parent / f".{workdir.name}-scratch",
+                scratch_dir=scratch_dir_for(workdir),
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
                 usage=usage,
@@ -131,8 +130,7 @@ def commit_id_for(task_id: str, changes: ChangeSet) -> str:
     A resumed episode proposes the same changes and replays the earlier commit;
     a later episode of the same task with other tools commits anew.
     """
-    digest = hashlib.sha256(changes.model_dump_json(exclude={"commit_id"}).encode()).hexdigest()
-    return f"episode:{task_id}:{digest[:16]}"
+    return f"episode:{task_id}:{changes.digest()[:16]}"
 
 
 def commit_tools(

@@ -266,6 +266,11 @@ def resolve_record(
     return services.store(context).get(name), False
 
 
+def scratch_dir_for(workdir: Path) -> Path:
+    """Where an episode's tool builds run their tests: beside its workdir, never in it."""
+    return workdir.parent / f".{workdir.name}-scratch"
+
+
 def _build_one(
     request: ToolRequest,
     state: EpisodeState,
@@ -276,7 +281,7 @@ def _build_one(
     model = services.chat_model(ROLE, context)
     sandbox = services.sandbox(context)
     workdir = Path(state["workdir"])
-    scratch = workdir.parent / f".{workdir.name}-scratch"
+    scratch = scratch_dir_for(workdir)
     task_id = state["task_id"]
     try:
         if "repair_of" in request:

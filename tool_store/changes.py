@@ -10,6 +10,7 @@ already applied changes nothing and returns the earlier result.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Literal
@@ -111,6 +112,10 @@ class ChangeSet(BaseModel):
 
     def __len__(self) -> int:
         return len(self.changes)
+
+    def digest(self) -> str:
+        """SHA-256 of what the set changes (its ``commit_id`` left out)."""
+        return hashlib.sha256(self.model_dump_json(exclude={"commit_id"}).encode()).hexdigest()
 
     @classmethod
     def from_episode(

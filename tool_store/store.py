@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -1277,11 +1276,7 @@ class ToolStore:
         action: str,
         digest_of: ChangeSet | None = None,
     ) -> CommitResult:
-        digest = hashlib.sha256(
-            (digest_of or ChangeSet(changes=list(changes)))
-            .model_dump_json(exclude={"commit_id"})
-            .encode()
-        ).hexdigest()
+        digest = (digest_of or ChangeSet(changes=list(changes))).digest()
         with self._writing(action):
             if commit_id is not None:
                 earlier = self._earlier_commit(commit_id, digest)
