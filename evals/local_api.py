@@ -316,13 +316,7 @@ class LocalAPI:
         server = _Server((self.host, self.port), self.data)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"LocalAPI:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = server.serve_in_background(f"LocalAPI:{self.port}")
         return self
 
     def stop(self) -> None:
@@ -331,11 +325,7 @@ class LocalAPI:
         if server is None:
             return
         self._server = self._thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        server.stop(thread)
 
     @property
     def running(self) -> bool:

@@ -34,6 +34,22 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def serve_in_background(self, name: str) -> threading.Thread:
+        """Serve requests in a started daemon thread, and return it."""
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+        )
+        thread.start()
+        return thread
+
+    def stop(self, thread: threading.Thread | None) -> None:
+        """Stop serving, end open connections, close the socket and join ``thread``."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
     def close_connections(self) -> None:
         """Shut down every connection still open (idle keep-alives included)."""
         with self._open_lock:

@@ -417,13 +417,7 @@ class ScriptedOpenAIServer:
         self.port = server.server_address[1]
         self._server = server
         self.started_at = time.time()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"ScriptedOpenAIServer:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = server.serve_in_background(f"ScriptedOpenAIServer:{self.port}")
         return self
 
     def stop(self) -> None:
@@ -432,11 +426,7 @@ class ScriptedOpenAIServer:
         if server is None:
             return
         self._server = self._thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        server.stop(thread)
 
     def __enter__(self) -> Self:
         return self.start()
