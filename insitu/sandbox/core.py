@@ -8,6 +8,7 @@ machinery, raises into the caller. A Sandbox is safe to use from many threads.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -564,8 +565,9 @@ class Sandbox:
         st = os.stat(bound)
         return (str(bound), st.st_dev, st.st_ino, bool(network), python), "", call_dir
 
-    def _shared_root(self) -> Path | None:
-        """The workspace root that warm workers share, if this sandbox can confine calls."""
+    @functools.cached_property
+    def _confinable_root(self) -> Path | None:
+        """The workspace root warm workers may share (decided once per sandbox)."""
         if not self.settings.workspace_root or self.backend != "bwrap" or not self._landlock:
             return None
         root = Path(os.path.realpath(self.settings.workspace_root))
@@ -574,6 +576,13 @@ class Sandbox:
         # Calls may write to the private /tmp and /dev/shm; Landlock allows whole
         # subtrees, so a root beneath them could not be confined: no sharing then.
         if any(root.is_relative_to(scratch) for scratch in PRIVATE_SCRATCH):
+            return None
+        return root
+
+    def _shared_root(self) -> Path | None:
+        """The workspace root that warm workers share, created and made traversable."""
+        root = self._confinable_root
+        if root is None:
             return None
         root.mkdir(parents=True, exist_ok=True)
         if self._root:
