@@ -102,10 +102,18 @@ def build_evolve_graph(
         context ``InsituContext``.
     """
     services = Services(models=models, store=store, sandbox=sandbox)
+    # Episodes keep no checkpoints of their own (checkpointer=False): a batch resumes
+    # task by task (a finished episode's result is a saved write of the batch run;
+    # an unfinished one runs again, harmlessly, as its commit was deferred), and
+    # the dozen state snapshots per episode would cost every batch CPU time.
     if solver == "interpreter":
-        episode = build_interpreter_graph(models=models, store=store, sandbox=sandbox).compile()
+        episode = build_interpreter_graph(models=models, store=store, sandbox=sandbox).compile(
+            checkpointer=False
+        )
     else:
-        episode = compile_episode_graph(models=models, store=store, sandbox=sandbox)
+        episode = compile_episode_graph(
+            checkpointer=False, models=models, store=store, sandbox=sandbox
+        )
     builder = StateGraph(
         EvolveState,
         context_schema=InsituContext,

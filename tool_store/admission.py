@@ -10,6 +10,7 @@ the code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from insitu.sandbox.verdicts import verdict_key
 from insitu.tool_store.contract import (
     ContractError,
     ToolSpec,
@@ -27,7 +29,7 @@ from insitu.tool_store.contract import (
 )
 
 if TYPE_CHECKING:
-    from insitu.sandbox import Sandbox
+    from insitu.sandbox import Sandbox, TestReport
 
 Stage = Literal["static", "dependencies", "describe", "tests"]
 
@@ -140,22 +142,9 @@ def admit_tool(
         )
     secrets = list(meta.get("secrets", []))
     network = bool(meta.get("network", False))
-    workdir = scratch_dir / f"tests-{name}"
-    with _directory_lock(workdir):
-        _empty_directory(workdir)
-        try:
-            for case in cases:
-                for file_name, content in case.files.items():
-                    (workdir / file_name).write_text(content)
-            report = sandbox.run_tests(
-                source,
-                [case.model_dump(exclude={"files"}) for case in cases],
-                workdir=workdir,
-                network=network,
-                secrets=secrets_from_env(secrets),
-            )
-        finally:
-            _empty_directory(workdir)
+    report = _run_own_tests(
+        source, cases, sandbox, scratch_dir / f"tests-{name}", network, secrets_from_env(secrets)
+    )
     if not report.passed:
         raise AdmissionError("tests", f"tool '{name}' failed its tests:\n{report.message}", name)
     if extra_checks:
@@ -181,3 +170,49 @@ def admit_tool(
         network=network,
         tests=cases,
     )
+
+
+def _run_own_tests(
+    source: str,
+    cases: Sequence[ToolTest],
+    sandbox: Sandbox,
+    workdir: Path,
+    network: bool,
+    secrets: Mapping[str, str],
+) -> TestReport:
+    """Run a tool's own tests in ``workdir``, emptied and holding only the cases' files.
+
+    As the directory holds nothing else, the report depends only on the source,
+    the cases, the secrets and the interpreter: a passing report is remembered
+    in ``sandbox.verdicts`` and identical admissions (the same tool built by
+    several episodes of a batch) share one run. Tools with network access are
+    always run, as their results may depend on the world.
+    """
+
+    def run() -> TestReport:
+        with _directory_lock(workdir):
+            _empty_directory(workdir)
+            try:
+                for case in cases:
+                    for file_name, content in case.files.items():
+                        (workdir / file_name).write_text(content)
+                return sandbox.run_tests(
+                    source,
+                    [case.model_dump(exclude={"files"}) for case in cases],
+                    workdir=workdir,
+                    network=network,
+                    secrets=secrets,
+                )
+            finally:
+                _empty_directory(workdir)
+
+    if network:
+        return run()
+    key = verdict_key(
+        "own tests",
+        sandbox.python(),
+        source,
+        [case.model_dump(mode="json") for case in cases],
+        {name: hashlib.sha256(value.encode()).hexdigest() for name, value in secrets.items()},
+    )
+    return sandbox.verdicts.get_or_compute(key, run, keep=lambda report: report.passed)

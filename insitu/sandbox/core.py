@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from insitu.sandbox import backend as backends
 from insitu.sandbox import runner
 from insitu.sandbox.models import ErrorKind, Outcome, SandboxSettings, TestCaseResult, TestReport
+from insitu.sandbox.verdicts import Verdicts, verdict_key
 from insitu.sandbox.worker import SandboxProcess, WorkerError
 
 if TYPE_CHECKING:
@@ -54,9 +55,15 @@ class _PoolTimeout(Exception):
 class _Pool:
     """Warm workers keyed by (workdir and its inode, network, python), bounded, LRU-evicted.
 
-    A worker serves one call at a time: ``acquire`` hands out an idle worker of
-    the key, else starts one while under the bound, else evicts the least
-    recently used idle worker of another key, else waits.
+    A worker serves one call at a time. ``acquire`` hands out an idle worker of
+    the key. If the key has no worker at all, the caller starts one (evicting
+    the least recently used idle worker of another key when at the bound). If
+    the key's workers are all busy, the caller waits for the first one free and
+    meanwhile one more worker of the key starts in the background: a call takes
+    milliseconds but a start takes a tenth of a second or more, so a burst of
+    calls (a batch's episodes all calling tools at once) is served by the busy
+    workers at once and grows the pool for the next burst, instead of one
+    caller paying for a start.
     """
 
     def __init__(self, start: Any, max_workers: int, idle_timeout_s: float) -> None:
@@ -98,6 +105,16 @@ class _Pool:
                         total = len(self._idle) + len(self._busy) + self._starting
                         if self._starting_keys[key]:
                             pass  # a worker for this key is starting: wait for it
+                        elif any(w.key == key for w in self._busy.values()):
+                            if total < self._max:
+                                self._starting += 1
+                                self._starting_keys[key] += 1
+                                threading.Thread(
+                                    target=self._start_idle,
+                                    args=(key,),
+                                    name="insitu-sandbox-grow",
+                                    daemon=True,
+                                ).start()
                         elif total < self._max:
                             self._starting += 1
                             self._starting_keys[key] += 1
@@ -135,6 +152,22 @@ class _Pool:
             worker.close(graceful=False)
             raise WorkerError("sandbox", "the sandbox is closed")
         return worker
+
+    def _start_idle(self, key: tuple[Any, ...]) -> None:
+        """Start a worker for ``key`` and add it to the idle ones (background growth)."""
+        try:
+            worker: SandboxProcess | None = self._start(key)
+        except BaseException:  # the waiters are served by the busy workers instead
+            worker = None
+        with self._cond:
+            self._starting -= 1
+            self._starting_keys[key] -= 1
+            keep = worker is not None and not self._closed
+            if keep:
+                self._idle[id(worker)] = worker
+            self._cond.notify_all()
+        if worker is not None and not keep:
+            worker.close(graceful=False)
 
     def _expired(self) -> list[SandboxProcess]:
         now = time.monotonic()
@@ -188,6 +221,8 @@ class Sandbox:
     Attributes:
         settings: Limits and policy.
         toolenv: The tool environment whose interpreter runs the tools, if any.
+        verdicts: Repeatable results (describes, admission test runs) computed
+            once per key and shared; see :mod:`insitu.sandbox.verdicts`.
         backend: The backend in use: ``"bwrap"`` or ``"degraded"``.
         info: What the probe found on this machine.
     """
@@ -251,6 +286,7 @@ class Sandbox:
         self._python_lock = threading.Lock()
         self._python: str | None = None
         self._ro_cache: dict[str, list[str]] = {}
+        self.verdicts = Verdicts()
         self._closed = False
         _live_sandboxes.add(self)
 
@@ -272,8 +308,18 @@ class Sandbox:
 
         Returns:
             On success ``output`` is ``{"name", "description", "dependencies",
-            "secrets", "network", "input_schema", "output_schema"}``.
+            "secrets", "network", "input_schema", "output_schema"}``. A
+            successful description is remembered per source and interpreter.
         """
+        try:
+            key = verdict_key("describe", self.python(), source)
+        except Exception:  # no interpreter: _describe reports it as an outcome
+            return self._describe(source, timeout_s)
+        return self.verdicts.get_or_compute(
+            key, lambda: self._describe(source, timeout_s), keep=lambda outcome: outcome.ok
+        )
+
+    def _describe(self, source: str, timeout_s: float | None) -> Outcome:
         try:
             shared = self._shared_root()
             # Under a shared root the warm workers that serve every call serve this too.
