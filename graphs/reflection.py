@@ -49,6 +49,7 @@ class ReflectionOutput(TypedDict):
     tools_repaired: list[str]
     repaired_tools: dict[str, dict[str, Any]]
     new_tools: list[dict[str, Any]]
+    library_calls: list[dict[str, Any]]
     commit_error: NotRequired[str]
     reflection: str
     usage: dict[str, TokenCounts]

@@ -91,6 +91,7 @@ class Invocation(TypedDict):
     output_chars: int
     output_preview: str
     round: int
+    at: NotRequired[str]  # when the call ended (ISO 8601, UTC)
 
 
 class ExecutorReport(TypedDict):
@@ -131,6 +132,7 @@ class EpisodeOutput(TypedDict):
     tools_created: list[str]
     tools_repaired: list[str]
     new_tools: list[dict[str, Any]]
+    library_calls: list[dict[str, Any]]
     commit_error: NotRequired[str]
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
@@ -171,6 +173,7 @@ class EpisodeState(TypedDict, total=False):
     tools_created: list[str]
     tools_repaired: list[str]
     new_tools: list[dict[str, Any]]
+    library_calls: list[dict[str, Any]]
     commit_error: str
     metrics: EpisodeMetrics
     reflection: str

@@ -36,6 +36,7 @@ from insitu.nodes.common import (
     settings,
     usage_update,
 )
+from insitu.nodes.reflection import calls_commit_id
 from insitu.nodes.tool_developer import BuildError, develop_tool
 from insitu.services import Services
 from insitu.structured import StructuredOutputError, TokenUsage, parse_reply
@@ -347,25 +348,42 @@ def absorb_tools(
 def commit_batch(
     state: dict[str, Any], runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
-    """Batch node: apply the change set in one transaction (replayed safely on resume)."""
+    """Batch node: apply the change set in one transaction, then record the batch's calls.
+
+    Both are idempotent (keyed by the batch id and their content), so a batch
+    resumed after a crash neither adds a tool nor counts a call twice.
+    """
     context = settings(runtime)
     changes = ChangeSet.model_validate(state.get("changes") or {})
     store = services.store(context)
+    commit = _commit_changes(store, state.get("batch_id") or "batch", changes)
+    calls = [c for r in state.get("results") or [] for c in r.get("library_calls") or []]
+    if calls and not context.freeze_library:
+        batch_id = state.get("batch_id")
+        try:
+            commit["calls_recorded"] = store.record_calls(
+                calls, commit_id=calls_commit_id(f"batch:{batch_id}", calls) if batch_id else None
+            )
+        except StoreError as exc:
+            emit("stats_failed", f"the library refused the batch's call statistics: {exc}")
+            commit["calls_error"] = str(exc)
+    return {"commit": commit}
+
+
+def _commit_changes(store: ToolStore, batch_id: str, changes: ChangeSet) -> dict[str, Any]:
     if not len(changes):
-        return {"commit": {"applied": False, "summary": "nothing to commit"}}
-    commit_id = batch_commit_id(state.get("batch_id") or "batch", changes)
+        return {"applied": False, "summary": "nothing to commit"}
+    commit_id = batch_commit_id(batch_id, changes)
     try:
         result = store.commit(changes, commit_id=commit_id)
     except StoreError as exc:
         # Nothing was written (the commit is one transaction): the library is as it was.
         emit("commit_failed", f"the library refused the batch's changes: {exc}")
-        return {"commit": {"applied": False, "summary": f"refused: {exc}", "error": str(exc)}}
+        return {"applied": False, "summary": f"refused: {exc}", "error": str(exc)}
     emit("committed", f"committed {result.summary()} to the library")
     return {
-        "commit": {
-            "applied": True,
-            "summary": result.summary(),
-            "replayed": result.replayed,
-            "commit_id": commit_id,
-        }
+        "applied": True,
+        "summary": result.summary(),
+        "replayed": result.replayed,
+        "commit_id": commit_id,
     }

@@ -37,6 +37,7 @@ def failed_result(task: dict[str, Any], reason: str, wall_time_s: float) -> dict
         "tools_created": [],
         "tools_repaired": [],
         "new_tools": [],
+        "library_calls": [],
         "metrics": {},
         "usage": {},
         "wall_time_s": round(wall_time_s, 3),

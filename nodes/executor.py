@@ -26,6 +26,7 @@ from insitu.nodes.tool_developer import resolve_record
 from insitu.services import Services
 from insitu.structured import TokenUsage, message_text
 from insitu.tool_store.adapter import as_structured_tool
+from insitu.tool_store.contract import now_utc
 from insitu.tool_store.errors import ToolNotFoundError
 
 ROLE = "executor"
@@ -86,6 +87,7 @@ class _Recorder:
                         output_chars=len(text),
                         output_preview=text[:500],
                         round=self.round,
+                        at=now_utc().isoformat(),
                     )
                 )
                 if not outcome.ok and kind in TOOL_FAULTS:

@@ -1,7 +1,8 @@
 """Reflection after an episode: statistics, repairs, commit, counters and a note.
 
-Runs as its own subgraph after the Integrator. It records every tool call in
-the library's statistics, tries once more to repair library tools that failed
+Runs as its own subgraph after the Integrator. It records every call of a
+library tool in the library's statistics (or, in a batch, hands the calls to
+the batch's commit), tries once more to repair library tools that failed
 and were not repaired during the episode, commits the episode's new and
 repaired tools (single-episode mode) or hands them to the batch graph
 (``commit_mode="defer"``), computes the counters EGL is built from, and asks
@@ -10,6 +11,7 @@ the reflection model for a short note.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +26,49 @@ from insitu.nodes.tool_developer import BuildError, local_record, repair_tool, s
 from insitu.services import Services
 from insitu.structured import TokenUsage, message_text
 from insitu.tool_store import ChangeSet, ToolRecord
+from insitu.tool_store.changes import CallRecord, calls_digest
 from insitu.tool_store.errors import StoreError, ToolNotFoundError
 
 ROLE = "reflection"
 MAX_REFLECTION_REPAIRS = 2
 
 
+def library_calls(state: EpisodeState) -> list[dict[str, Any]]:
+    """The episode's calls of library tools, as ``CallRecord`` fields (local tools left out)."""
+    return [
+        {
+            "name": inv["tool"],
+            "version": inv["version"],
+            "ok": inv["ok"],
+            "error": None if inv["ok"] else inv["message"],
+            "when": inv.get("at"),
+        }
+        for inv in state.get("invocations") or []
+        if not inv["local"]
+    ]
+
+
+def calls_commit_id(prefix: str, calls: Sequence[dict[str, Any]]) -> str:
+    """The idempotency key of recording ``calls``: who records them and what they are."""
+    return f"{prefix}:calls:{calls_digest([CallRecord(**c) for c in calls])[:16]}"
+
+
 def update_tool_stats(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
-    """Record every call of a library tool in the library's statistics."""
+    """Record every call of a library tool in the library's statistics, exactly once.
+
+    In a batch (``commit_mode="defer"``) the calls are handed to the batch,
+    which records them with its commit; alone, the episode records them now
+    under an idempotency key, so that a resumed episode does not count them twice.
+    """
     context = settings(runtime)
-    calls = [inv for inv in state.get("invocations") or [] if not inv["local"]]
-    if calls and not context.freeze_library:
+    calls = [] if context.freeze_library else library_calls(state)
+    if calls and context.commit_mode == "store":
         services.store(context).record_calls(
-            [
-                (inv["tool"], inv["version"], inv["ok"], None if inv["ok"] else inv["message"])
-                for inv in calls
-            ]
+            calls, commit_id=calls_commit_id(f"episode:{state['task_id']}", calls)
         )
-    return {}
+    return {"library_calls": calls}
 
 
 def failing_library_tools(state: EpisodeState) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.messages import BaseMessage
 
 from insitu.api import run_task, sqlite_checkpointer
@@ -87,3 +88,40 @@ def test_interrupted_episode_resumes_from_its_checkpoint(tmp_path: Path) -> None
         assert result.answer == "mean 5, median 4"
         assert team.role_calls["manager"] == planned  # the plan was not made again
         assert store.get("summarize_numbers").version == 1
+
+
+def test_an_episode_resumed_after_its_statistics_counts_each_call_once(
+    tmp_path: Path, sandbox
+) -> None:
+    """A crash right after the calls were recorded, before the step was checkpointed."""
+    from insitu.testing.team import SUMMARIZE_NUMBERS
+    from insitu.tool_store.admission import admit_tool
+
+    team = ScriptedTeam()
+    with ToolStore.open(tmp_path / "store", embedding="hashing") as store:
+        spec = admit_tool(
+            SUMMARIZE_NUMBERS.source,
+            SUMMARIZE_NUMBERS.tests,
+            sandbox=sandbox,
+            scratch_dir=tmp_path / "admit",
+        )
+        store.add(spec, origin="manual")
+        record = store.record_calls
+        crashed: list[str] = []
+
+        def record_then_crash(*args: Any, **kwargs: Any) -> int:
+            recorded = record(*args, **kwargs)
+            if not crashed:
+                crashed.append("once")
+                raise RuntimeError("the process died after writing the statistics")
+            return recorded
+
+        store.record_calls = record_then_crash  # type: ignore[method-assign]
+        context = {"store_dir": str(tmp_path)}
+        kwargs = {"models": team.model(), "store": store, "sandbox": sandbox, "context": context}
+        with pytest.raises(RuntimeError):
+            run_task("What is the mean of 3, 5, 10 and 2?", thread_id="t1", **kwargs)
+        assert crashed and store.get("summarize_numbers").stats.calls == 1
+        result = run_task(None, thread_id="t1", **kwargs)
+        assert result.status == "completed" and result.tools_used == ["summarize_numbers@1"]
+        assert store.get("summarize_numbers").stats.calls == 1

@@ -186,6 +186,38 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
     assert peak[0] == expected_max
 
 
+def test_library_calls_are_counted_once_by_the_batch_commit(store, sandbox, tmp_path) -> None:
+    add_tool(store, sandbox, SUMMARIZE_NUMBERS, tmp_path)
+    team = ScriptedTeam()
+    graph = compile_evolve_graph(models=team.model(), store=store, sandbox=sandbox)
+    context = {"store_dir": str(store.path)}
+    batch = {"tasks": tasks_of(MEAN, "Compute the average of 1, 2, 3 and 10"), "batch_id": "b1"}
+    seen_during: list[int] = []
+    original = store.record_calls
+
+    def record(*args: Any, **kwargs: Any) -> int:
+        seen_during.append(len(args[0]))
+        return original(*args, **kwargs)
+
+    store.record_calls = record  # type: ignore[method-assign]
+    try:
+        out = graph.invoke(batch, context=context)
+    finally:
+        del store.record_calls
+    assert [r["library_calls"][0]["name"] for r in out["results"]] == ["summarize_numbers"] * 2
+    assert seen_during == [2]  # one recording, by the batch commit, not one per episode
+    assert out["commit"]["calls_recorded"] == 2
+    assert store.get("summarize_numbers").stats.calls == 2
+    # The batch resumed after a crash just before its end commits again: nothing doubles.
+    from insitu.nodes.absorb import commit_batch
+    from insitu.services import Services
+
+    runtime = type("R", (), {"context": context})()
+    again = commit_batch({**out, "changes": {}}, runtime, services=Services(store=store))
+    assert again["commit"]["calls_recorded"] == 0
+    assert store.get("summarize_numbers").stats.calls == 2
+
+
 def test_empty_batch_commits_nothing(store, sandbox) -> None:
     final = run_batch(store, sandbox, ScriptedTeam().model(), [])
     assert final["results"] == [] and not final["commit"]["applied"]

@@ -206,6 +206,20 @@ def test_statistics(store: ToolStore) -> None:
     assert len(store.get("compute_mean").stats.last_error or "") == 2000
 
 
+def test_calls_recorded_under_a_commit_id_count_once(store: ToolStore) -> None:
+    store.add(MEAN)
+    calls = [("compute_mean", 1, True), ("compute_mean", 1, False, "boom")]
+    assert store.record_calls(calls, commit_id="episode:t1:calls") == 2
+    assert store.record_calls(calls, commit_id="episode:t1:calls") == 0  # a resumed episode
+    assert store.record_calls(calls, commit_id="episode:t2:calls") == 2
+    stats = store.get("compute_mean").stats
+    assert (stats.calls, stats.successes, stats.failures) == (4, 2, 2)
+    with pytest.raises(ToolNotFoundError):
+        store.record_calls([("nope_tool", 1, True)], commit_id="episode:t3:calls")
+    # A refused recording leaves its id unused.
+    assert store.record_calls(calls[:1], commit_id="episode:t3:calls") == 1
+
+
 def test_closed_and_read_only_stores_refuse(tmp_path: Path) -> None:
     store = ToolStore.open(tmp_path / "lib", embedding="hashing")
     store.add(MEAN)

@@ -199,3 +199,9 @@ class CallRecord(BaseModel):
     ok: bool
     error: str | None = None
     when: datetime | None = None
+
+
+def calls_digest(calls: Sequence[CallRecord]) -> str:
+    """SHA-256 of a list of invocations (what an idempotent ``record_calls`` remembers)."""
+    text = "\n".join(call.model_dump_json() for call in calls)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -69,6 +69,7 @@ from insitu.tool_store.changes import (
     ToolAdd,
     ToolArchive,
     ToolUpdate,
+    calls_digest,
 )
 from insitu.tool_store.contract import (
     TOOL_NAME_PATTERN,
@@ -1186,15 +1187,23 @@ class ToolStore:
         """
         self.record_calls([CallRecord(name=name, version=version, ok=ok, error=error, when=when)])
 
-    def record_calls(self, calls: Iterable[CallRecord | tuple[Any, ...] | dict[str, Any]]) -> int:
+    def record_calls(
+        self,
+        calls: Iterable[CallRecord | tuple[Any, ...] | dict[str, Any]],
+        *,
+        commit_id: str | None = None,
+    ) -> int:
         """Count many invocations at once (one transaction; all or nothing).
 
         Args:
             calls: ``CallRecord`` objects, dicts of its fields, or tuples
                 ``(name, version, ok[, error[, when]])``.
+            commit_id: Idempotency key, as for :meth:`commit`: calls recorded
+                under an id already applied are not counted again (a resumed
+                episode or batch reports its calls once).
 
         Returns:
-            How many calls were recorded.
+            How many calls were recorded (0 when ``commit_id`` was applied before).
 
         Raises:
             ToolNotFoundError, VersionNotFoundError: Nothing is recorded then.
@@ -1210,7 +1219,21 @@ class ToolStore:
                 parsed.append(CallRecord.model_validate(dict(zip(fields, call, strict=False))))
         if not parsed:
             return 0
+        digest = calls_digest(parsed)
         with self._writing("record calls"), self._transaction() as cur:
+            if commit_id is not None:
+                if self._earlier_commit(commit_id, digest, cur) is not None:
+                    return 0
+                cur.execute(
+                    "INSERT INTO commits (commit_id, applied_at, digest, result) "
+                    "VALUES (?, ?, ?, ?)",
+                    (
+                        commit_id,
+                        now_utc().isoformat(),
+                        digest,
+                        CommitResult(commit_id=commit_id).model_dump_json(),
+                    ),
+                )
             per_tool: dict[str, list[CallRecord]] = {}
             for call in parsed:
                 self._tool_row(call.name, cur)
