@@ -45,6 +45,7 @@ def build_episode_graph(
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
     store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
+    checkpoint_reflection: bool = True,
 ) -> StateGraph:
     """Return the uncompiled episode graph.
 
@@ -55,6 +56,10 @@ def build_episode_graph(
             the context and environment.
         store: An open ``ToolStore`` (default: the context's ``store_dir``).
         sandbox: A ``Sandbox`` (default: one per process from the context).
+        checkpoint_reflection: Whether the reflection subgraph checkpoints its
+            steps with the episode's checkpointer (LangGraph lends a parent's
+            checkpointer to subgraphs even when the parent itself keeps none,
+            so an episode without checkpoints turns this off).
 
     Returns:
         A ``StateGraph`` with input ``EpisodeInput``, output ``EpisodeOutput`` and
@@ -72,7 +77,10 @@ def build_episode_graph(
     builder.add_node("build_tools", partial(tool_developer.build_tools, services=services))
     builder.add_node("execute_task", partial(executor.execute_task, services=services))
     builder.add_node("write_answer", partial(integrator.write_answer, services=services))
-    builder.add_node("reflect", build_reflection_graph(services).compile())
+    reflection = build_reflection_graph(services)
+    builder.add_node(
+        "reflect", reflection.compile(checkpointer=None if checkpoint_reflection else False)
+    )
 
     builder.add_edge(START, "prepare_workspace")
     builder.add_edge("prepare_workspace", "plan_task")
@@ -94,10 +102,13 @@ def compile_episode_graph(checkpointer=None, **kwargs):
     """Compile :func:`build_episode_graph` with the recursion limit set.
 
     Args:
-        checkpointer: Optional LangGraph checkpointer (resume by thread id).
+        checkpointer: Optional LangGraph checkpointer (resume by thread id);
+            ``False``: no checkpoints at all, not even under a parent graph's
+            checkpointer (the reflection subgraph included).
         **kwargs: Passed to :func:`build_episode_graph`.
     """
-    compiled = build_episode_graph(**kwargs).compile(checkpointer=checkpointer, name="episode")
+    builder = build_episode_graph(checkpoint_reflection=checkpointer is not False, **kwargs)
+    compiled = builder.compile(checkpointer=checkpointer, name="episode")
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
 
 
