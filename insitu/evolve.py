@@ -340,14 +340,12 @@ def evolve(
                 payload = None  # resume the interrupted batch (or read the finished one)
             final = dict(snapshot.values) if snapshot.values and not snapshot.next else None
             if final is None:
-                for _namespace, mode, chunk in graph.stream(
-                    payload,
-                    config,
-                    context=settings,
-                    stream_mode=["custom", "values"],
-                    subgraphs=True,
+                # Only progress events are streamed (from the episodes too); every
+                # episode's state values would be copied to this loop for nothing.
+                for _namespace, chunk in graph.stream(
+                    payload, config, context=settings, stream_mode="custom", subgraphs=True
                 ):
-                    if mode == "custom" and on_event is not None:
+                    if on_event is not None:
                         on_event(chunk)
                 final = dict(graph.get_state(config).values)
             by_id = {r.get("task_id"): r for r in final.get("results") or []}
