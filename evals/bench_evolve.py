@@ -9,7 +9,8 @@ orchestration, **not model results**.
    :func:`insitu.evolve.evolve` once per batch size B (``--batch-sizes``), each
    time with a fresh store (the ``hashing`` embedding: deterministic and
    instant, so the store is not slowed by MiniLM) and one shared sandbox (warm
-   workers, as one process would have). The scripted model sleeps ``--latency``
+   workers, as one process would have; its memo of verified tools is emptied before
+   each B). The scripted model sleeps ``--latency``
    seconds per call, standing in for an endpoint. Episodes of a batch run in
    parallel (``batch_concurrency`` = B). Printed per B: wall time, speed-up vs B=1, and
    the share of the wall time spent outside the model.
@@ -434,6 +435,9 @@ def run_speedup(
         _prewarm(sandbox, store_dir, [t.id for t in stream]) if variant != WHAT_IFS[0] else 0
     )
     sandbox.timing_reset()
+    # Each batch size starts without the verdicts (describes, admission test runs) of the
+    # runs before it, as a new process would: its first batch verifies its tools itself.
+    sandbox.verdicts.clear()
     batch_ends: list[float] = []
     load_before = _load()
     cpu_before = _cpu_seconds()
@@ -480,6 +484,11 @@ def run_speedup(
     )
     calls = sandbox.timing_snapshot()
     store_calls = store.timing_snapshot()
+    unfinished = [
+        {"id": p["id"], "status": p["status"], "error": p.get("error"), "answer": p["answer"]}
+        for p in read_jsonl(run_dir / PREDICTIONS_FILE)
+        if p["status"] != "completed"
+    ]
     episodes = max(1, result["episodes"])
     result.update(
         {
@@ -491,6 +500,7 @@ def run_speedup(
             "latency_s": latency_s,
             "wall_s": round(wall, 3),
             "completed": summary.completed,
+            "unfinished": unfinished,
             "library_size": summary.library_size,
             "process_cpu_s": round(cpu, 2),
             "cpu_per_wall": round(cpu / wall, 2) if wall else None,
@@ -658,6 +668,12 @@ def format_speedup(results: Sequence[dict[str, Any]], latency_s: float, tasks: i
         "",
         *_speedup_rows(shipped),
     ]
+    for r in results:
+        for task in r.get("unfinished", []):
+            lines.append(
+                f"   B={r['batch_size']} ({r['variant']}): task {task['id']} {task['status']}: "
+                f"{(task['error'] or task['answer'] or '')[:300]}"
+            )
     target = next((r for r in shipped if r["batch_size"] == TARGET_BATCH), None)
     if target is not None and target.get("speedup") is not None:
         met = "met" if target["speedup"] >= TARGET_SPEEDUP else "NOT met"
