@@ -84,6 +84,8 @@ from typing import Any
 
 import numpy as np
 
+from insitu import pyast
+
 DEFAULT_DATA = Path("..") / "shared" / "data" / "tool_dedup"
 DEFAULT_SETS = ("recode_mbpp_natgen", "gorilla_api_docs")
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
@@ -127,7 +129,7 @@ def code_text(code: str, name: str | None = None) -> str:
         code itself.
     """
     try:
-        tree = ast.parse(code)
+        tree = pyast.parse(code)
     except SyntaxError:
         return code.strip()
     functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]

@@ -11,7 +11,6 @@ bounded number of re-asks.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +20,8 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
+
+from insitu import pyast
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -129,7 +130,7 @@ def _loads(candidate: str) -> Any:
         except json.JSONDecodeError:
             pass
         try:  # Python literals: single quotes, True/False/None.
-            return ast.literal_eval(repaired)
+            return pyast.literal_eval(repaired)
         except (ValueError, SyntaxError):
             raise first from None
 

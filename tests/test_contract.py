@@ -175,3 +175,46 @@ def test_content_hash_is_stable_and_sensitive() -> None:
 def test_requirement_name() -> None:
     assert requirement_name("PyYAML>=6") == "pyyaml"
     assert requirement_name("scikit_learn[all] ==1.0") == "scikit-learn"
+
+
+def test_tool_code_is_checked_safely_from_many_threads() -> None:
+    """Parallel episodes validate code at once; CPython 3.11's AST constructor is not thread-safe.
+
+    A garbage collection that runs a ``__del__`` mid-parse lets another thread parse
+    meanwhile; without the package's parse lock some parses fail with
+    ``SystemError: AST constructor recursion depth mismatch``.
+    """
+    import gc
+    import sys
+    import threading
+
+    from insitu.testing.team import SUMMARIZE_NUMBERS
+
+    class Finalised:
+        def __del__(self) -> None:
+            sum(range(3))
+
+    errors: list[str] = []
+
+    def validate_often() -> None:
+        for _ in range(250):
+            a, b = Finalised(), Finalised()
+            a.other, b.other = b, a  # a cycle: only the collector frees it
+            try:
+                validate_source(SUMMARIZE_NUMBERS.source * 3)
+            except SystemError as exc:
+                errors.append(str(exc))
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50, 1, 1)
+    try:
+        threads = [threading.Thread(target=validate_often) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*thresholds)
+    assert errors == []

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from insitu import pyast
+
 #: ``verb_object``: lower snake case, at least two words, starting with a letter.
 TOOL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 #: PEP 508 distribution name, optionally followed by extras/version specifiers.
@@ -177,7 +179,7 @@ class ToolTest(BaseModel):
     def _check_parses(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                ast.parse(value, mode="eval")
+                pyast.parse(value, mode="eval")
             except SyntaxError as exc:
                 raise ValueError(f"check is not a valid Python expression: {exc.msg}") from exc
         return value
@@ -519,7 +521,7 @@ def validate_source(source: str, *, expected_name: str | None = None) -> StaticI
             "declare them in __TOOL_META__['dependencies']."
         )
     try:
-        tree = ast.parse(source, filename="<tool>")
+        tree = pyast.parse(source, filename="<tool>")
     except SyntaxError as exc:
         line = (exc.text or "").rstrip()
         problems.append(

@@ -43,7 +43,6 @@ the changed records before searching.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import logging
@@ -62,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from insitu import pyast
 from insitu.tool_store.changes import (
     CallRecord,
     ChangeSet,
@@ -266,7 +266,7 @@ def validate_spec(spec: ToolSpec | dict[str, Any]) -> ToolSpec:
         problems.append("source is empty")
     else:
         try:
-            ast.parse(spec.source)
+            pyast.parse(spec.source)
         except SyntaxError as exc:
             problems.append(f"source does not parse: line {exc.lineno}: {exc.msg}")
     test_names = [t.name for t in spec.tests]
