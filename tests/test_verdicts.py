@@ -230,3 +230,26 @@ def test_a_key_without_workers_starts_one_for_the_caller() -> None:
     c = pool.acquire(("c",), timeout_s=1)  # at the bound: the idle "a" worker is evicted
     assert c.number == 3 and not a.alive
     pool.close()
+
+
+def test_verdict_keys_change_when_the_tool_environment_gains_a_package(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from insitu.sandbox import SandboxSettings, ToolEnvironment
+
+    env = ToolEnvironment(tmp_path / "toolenv")
+    # An explicit interpreter: nothing is created, only the key is computed.
+    sandbox = Sandbox(SandboxSettings(python=sys.executable), toolenv=env)
+    try:
+        before = sandbox.verdict_key("own tests", "source")
+        assert sandbox.verdict_key("own tests", "source") == before
+        env.site_packages.mkdir(parents=True)
+        created = sandbox.verdict_key("own tests", "source")
+        (env.site_packages / "newpkg-1.0.dist-info").mkdir()
+        os.utime(env.site_packages, ns=(1, 1))  # a distinct mtime, however fast the clock
+        installed = sandbox.verdict_key("own tests", "source")
+        assert len({before, created, installed}) == 3
+        assert sandbox.verdict_key("describe", "source") != installed
+    finally:
+        sandbox.close()

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from insitu.sandbox.verdicts import verdict_key
 from insitu.tool_store.contract import (
     ContractError,
     ToolSpec,
@@ -208,9 +207,8 @@ def _run_own_tests(
 
     if network:
         return run()
-    key = verdict_key(
+    key = sandbox.verdict_key(
         "own tests",
-        sandbox.python(),
         source,
         [case.model_dump(mode="json") for case in cases],
         {name: hashlib.sha256(value.encode()).hexdigest() for name, value in secrets.items()},

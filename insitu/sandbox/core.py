@@ -8,6 +8,7 @@ machinery, raises into the caller. A Sandbox is safe to use from many threads.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -312,12 +313,30 @@ class Sandbox:
             successful description is remembered per source and interpreter.
         """
         try:
-            key = verdict_key("describe", self.python(), source)
+            key = self.verdict_key("describe", source)
         except Exception:  # no interpreter: _describe reports it as an outcome
             return self._describe(source, timeout_s)
         return self.verdicts.get_or_compute(
             key, lambda: self._describe(source, timeout_s), keep=lambda outcome: outcome.ok
         )
+
+    def verdict_key(self, *parts: Any) -> str:
+        """The key of a remembered verdict (see :attr:`verdicts`).
+
+        Args:
+            *parts: What the verdict depends on (JSON-able): the operation, the
+                module, its tests...
+
+        Returns:
+            A key that also covers what every tool run here depends on: the
+            interpreter, and the packages of the tool environment (the mtime of
+            its site-packages changes whenever a package is added or replaced).
+        """
+        packages = None
+        if self.toolenv is not None:
+            with contextlib.suppress(OSError):
+                packages = os.stat(self.toolenv.site_packages).st_mtime_ns
+        return verdict_key(self.python(), packages, *parts)
 
     def _describe(self, source: str, timeout_s: float | None) -> Outcome:
         try:
