@@ -47,7 +47,10 @@ orchestration, **not model results**.
    share of wall time with no model call in flight at all (a looser bound),
    per-episode medians of the time outside model calls, and, summed over all
    threads, time in sandbox and store calls (measured by thin timing proxies
-   around the shared ``Sandbox`` and ``ToolStore``) and the process's CPU time.
+   around the shared ``Sandbox`` and ``ToolStore``), the process's CPU time,
+   and the first-call stagger: per batch, how much later than the first episode
+   the last one made its first model call (each episode needs CPU under one
+   interpreter lock before it can; a floor of the critical-path share).
    Targets: B=16 at least 12x faster than B=1; at most 5% outside the model.
 
    ``--what-if`` then repeats the batch sizes under diagnostics that each
@@ -394,7 +397,29 @@ def analyse_run(
         "episode_model_ms_median": round(1000 * statistics.median(episode_model.values()), 1)
         if episode_model
         else None,
+        "first_call_stagger_ms": _first_call_stagger_ms(records, episode_batch),
     }
+
+
+def _first_call_stagger_ms(
+    records: Sequence[dict[str, Any]], episode_batch: dict[str, int]
+) -> float | None:
+    """Mean over batches of (last - first) start of the episodes' first model calls.
+
+    The episodes of a batch are launched together; each needs some CPU (under
+    one interpreter lock) before it can call its model, so the last one starts
+    this much later than the first. It is a floor of the batch's time outside
+    the model on its critical path.
+    """
+    first: dict[str, float] = {}
+    for r in records:
+        if r["episode"] is not None:
+            first[r["episode"]] = min(first.get(r["episode"], r["start"]), r["start"])
+    by_batch: dict[int, list[float]] = defaultdict(list)
+    for episode, start in first.items():
+        by_batch[episode_batch[episode]].append(start)
+    spans = [max(v) - min(v) for v in by_batch.values() if len(v) > 1]
+    return round(1000 * statistics.fmean(spans), 1) if spans else None
 
 
 def run_speedup(
@@ -619,6 +644,10 @@ def _warm(sandbox: Any, root: Path) -> None:
     sandbox.call(SUMMARIZE_NUMBERS.source, {"values": [1, 2]}, workdir=workdir)
 
 
+def _fmt_ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def _fmt_share(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -641,7 +670,7 @@ def _speedup_rows(results: Sequence[dict[str, Any]]) -> list[str]:
         "",
         f"{'B':>3} {'model s':>7} {'episode other s':>15} {'batch other s':>13} "
         f"{'run other s':>11} {'ep outside ms med/max':>21} {'sandbox ms/ep':>13} "
-        f"{'store ms/ep':>11} {'CPU/wall':>8} {'load 1/5/15':>13}",
+        f"{'store ms/ep':>11} {'1st-call stagger ms':>19} {'CPU/wall':>8} {'load 1/5/15':>13}",
     ]
     for r in results:
         split, ep = r["split_s"], r["episode_outside_ms"]
@@ -650,7 +679,8 @@ def _speedup_rows(results: Sequence[dict[str, Any]]) -> list[str]:
             f"{r['batch_size']:>3} {split['model']:>7.2f} {split['episode_other']:>15.2f} "
             f"{split['batch_other']:>13.2f} {split['run_other']:>11.2f} "
             f"{outside_ms:>21} {r['sandbox_ms_per_episode']:>13.1f} "
-            f"{r['store_ms_per_episode']:>11.1f} {r['cpu_per_wall']:>8.2f} "
+            f"{r['store_ms_per_episode']:>11.1f} {_fmt_ms(r['first_call_stagger_ms']):>19} "
+            f"{r['cpu_per_wall']:>8.2f} "
             f"{r['load_before']:>13}"
         )
     return lines
@@ -692,6 +722,8 @@ def format_speedup(results: Sequence[dict[str, Any]], latency_s: float, tasks: i
         "absorber model time) / wall",
         "   split: model + episode other (slowest episode minus its model time) + batch other "
         "(fan-out, absorb, commit) + run other = wall",
+        "   1st-call stagger: per batch, how much later the last episode made its first model "
+        "call than the first one (mean over batches)",
     ]
     for variant in WHAT_IFS[1:]:
         rows = [r for r in results if r["variant"] == variant]
