@@ -253,3 +253,14 @@ def test_verdict_keys_change_when_the_tool_environment_gains_a_package(tmp_path:
         assert sandbox.verdict_key("describe", "source") != installed
     finally:
         sandbox.close()
+
+
+def test_specs_admitted_from_a_remembered_description_do_not_share_schemas(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "verdicts", Verdicts())
+    first = admit_tool(TOOL.source, TOOL.tests, sandbox=sandbox, scratch_dir=tmp_path / "a")
+    second = admit_tool(TOOL.source, TOOL.tests, sandbox=sandbox, scratch_dir=tmp_path / "b")
+    assert sandbox.verdicts.reused >= 2  # the describe and the tests were remembered
+    first.input_schema["properties"]["values"]["description"] = "changed by one episode"
+    assert second.input_schema["properties"]["values"]["description"] != "changed by one episode"

@@ -10,6 +10,7 @@ the code.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -162,8 +163,10 @@ def admit_tool(
         name=name,
         description=meta["description"].strip(),
         source=source,
-        input_schema=described.output["input_schema"],
-        output_schema=described.output["output_schema"],
+        # Copies: the description may be a remembered one, shared by every admission of
+        # this module (see Sandbox.verdicts), and a spec's schemas are its own.
+        input_schema=copy.deepcopy(described.output["input_schema"]),
+        output_schema=copy.deepcopy(described.output["output_schema"]),
         dependencies=dependencies,
         secrets=secrets,
         network=network,
