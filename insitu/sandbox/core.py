@@ -310,7 +310,7 @@ class Sandbox:
         Returns:
             On success ``output`` is ``{"name", "description", "dependencies",
             "secrets", "network", "input_schema", "output_schema"}``. A
-            successful description is remembered per source and interpreter.
+            successful description is remembered (see :meth:`verdict_key`).
         """
         try:
             key = self.verdict_key("describe", source)
