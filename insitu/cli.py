@@ -31,6 +31,18 @@ out = Console()
 err = Console(stderr=True)
 
 
+def scripted_models(banner: str) -> Any:
+    """``--scripted``: the scripted team (a test double) for every role, announced on stderr.
+
+    Args:
+        banner: What the run's output must say about its numbers.
+    """
+    from insitu.testing.team import ScriptedTeam
+
+    err.print(f"[bold yellow]{banner}[/]")
+    return ScriptedTeam().model()
+
+
 def fail(message: str, code: int = EXIT_RUNTIME) -> None:
     """Print an error (no stack trace) and exit with ``code``."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

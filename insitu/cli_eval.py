@@ -25,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import EXIT_CONFIG, err, fail, out
+from insitu.cli import EXIT_CONFIG, err, fail, out, scripted_models
 from insitu.context import InsituContext
 
 #: Environment variable naming the folder that holds ``tool_retrieval/`` and ``tool_dedup/``.
@@ -579,10 +579,7 @@ def suite_command(
         settings = settings.with_model(model)
     models = judge = None
     if scripted:
-        from insitu.testing.team import ScriptedTeam
-
-        err.print(f"[bold yellow]{SCRIPTED_NOTE}[/]")
-        models = ScriptedTeam().model()
+        models = scripted_models(SCRIPTED_NOTE)
     try:
         if judge_model:
             judge = make_chat_model("integrator", settings.with_model(judge_model))

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out
+from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out, scripted_models
 from insitu.context import InsituContext
 
 
@@ -104,11 +104,9 @@ def evolve_command(
         settings = settings.with_model(model)
     models, banner = None, ""
     if scripted:
-        from insitu.testing.team import SCRIPTED_LABEL, ScriptedTeam
+        from insitu.testing.team import SCRIPTED_LABEL
 
-        banner = f"[bold yellow]{SCRIPTED_LABEL}[/]"
-        err.print(banner)
-        models = ScriptedTeam().model()
+        models, banner = scripted_models(SCRIPTED_LABEL), f"[bold yellow]{SCRIPTED_LABEL}[/]"
 
     columns = (
         TextColumn("{task.description}"),

@@ -52,3 +52,27 @@ def test_eval_unknown_source_and_system_exit_2(tmp_path: Path) -> None:
         main, ["eval", "local", "--systems", "magic", "--run-dir", str(tmp_path), "--scripted"]
     )
     assert bad_system.exit_code == 2 and "unknown system" in bad_system.output
+
+
+def test_evolve_scripted_labels_its_run(tmp_path: Path) -> None:
+    from insitu.testing.team import SCRIPTED_LABEL, scripted_stream
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(t) + "\n" for t in scripted_stream(4)))
+    result = CliRunner().invoke(
+        main,
+        [
+            "--store", str(tmp_path / "store"),
+            "evolve", str(tasks),
+            "--batch-size", "2",
+            "--run-dir", str(tmp_path / "run"),
+            "--scripted",
+        ],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert SCRIPTED_LABEL in result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["scripted"] is True and run["model"] == "scripted test double"
+    predictions = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
