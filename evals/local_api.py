@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from insitu.loopback import LoopbackHTTPServer
+from insitu.loopback import LoopbackHTTPServer, LoopbackService
 
 __all__ = ["DEFAULT_VERSION", "LocalAPI", "handle_request", "load_api_data"]
 
@@ -264,7 +263,7 @@ class _Server(LoopbackHTTPServer):
         super().__init__(address, _Handler)
 
 
-class LocalAPI:
+class LocalAPI(LoopbackService):
     """The suite's JSON API served on ``127.0.0.1`` at a free port, in a daemon thread.
 
     Attributes:
@@ -288,15 +287,12 @@ class LocalAPI:
             port: The port to bind; 0 picks a free one.
         """
         self.data: Mapping[str, Any] = data if data is not None else load_api_data(version)
-        self.host = "127.0.0.1"
         self.port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         """The URL tasks' ``{api_base}`` stands for, e.g. ``http://127.0.0.1:PORT``."""
-        if self._server is None:
+        if not self.running:
             raise RuntimeError("LocalAPI is not running; call start() or use it in a with block")
         return f"http://{self.host}:{self.port}"
 
@@ -305,35 +301,5 @@ class LocalAPI:
         """The key the ``/secure`` endpoints accept in ``X-API-Key``."""
         return str(self.data["api_key"])
 
-    def start(self) -> Self:
-        """Bind the socket and serve in a daemon thread.
-
-        Raises:
-            RuntimeError: If it is already running.
-        """
-        if self._server is not None:
-            raise RuntimeError("LocalAPI is already running")
-        server = _Server((self.host, self.port), self.data)
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = server.serve_in_background(f"LocalAPI:{self.port}")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket. Safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.stop(thread)
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is serving."""
-        return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, self.data)

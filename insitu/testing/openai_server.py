@@ -26,10 +26,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
-from insitu.loopback import LoopbackHTTPServer
+from insitu.loopback import LoopbackHTTPServer, LoopbackService
 from insitu.testing.scripted import (
     Empty,
     HTTPError,
@@ -311,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-class ScriptedOpenAIServer:
+class ScriptedOpenAIServer(LoopbackService):
     """A loopback HTTP server speaking the OpenAI Chat Completions protocol, from a script.
 
     Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events when
@@ -363,8 +363,6 @@ class ScriptedOpenAIServer:
         self._requests: list[dict[str, Any]] = []
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ records
 
@@ -398,38 +396,10 @@ class ScriptedOpenAIServer:
     @property
     def base_url(self) -> str:
         """The OpenAI base URL to give a client, e.g. ``http://127.0.0.1:PORT/v1``."""
-        if self._server is None:
+        if not self.running:
             raise RuntimeError("ScriptedOpenAIServer is not running; call start() first")
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self) -> Self:
-        """Bind the socket and serve in a daemon thread.
-
-        Returns:
-            The server itself.
-
-        Raises:
-            RuntimeError: If it is already running.
-        """
-        if self._server is not None:
-            raise RuntimeError("ScriptedOpenAIServer is already running")
-        server = _Server((self.host, self.port), self)
-        self.port = server.server_address[1]
-        self._server = server
+    def _make_server(self, address: tuple[str, int]) -> _Server:
         self.started_at = time.time()
-        self._thread = server.serve_in_background(f"ScriptedOpenAIServer:{self.port}")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close open connections and the socket. Safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.stop(thread)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return _Server(address, self)
