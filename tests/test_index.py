@@ -223,6 +223,24 @@ def test_bm25_incremental_updates_match_a_fresh_build() -> None:
         assert ranked(live, query) == ranked(fresh, query)
 
 
+def test_bm25_compaction_after_many_deletes_keeps_the_scores() -> None:
+    texts = {f"d{i}": f"word{i % 11} shared text {i} " + "pad " * (i % 5) for i in range(1600)}
+    live = BM25Index()
+    for doc_id, text in texts.items():
+        live.upsert(doc_id, text)
+    kept = {d: t for d, t in texts.items() if int(d[1:]) % 4 == 0}
+    live.delete([d for d in texts if d not in kept])  # 1,200 dead slots: compacted
+    assert len(live.slot_ids()) == len(kept) == len(live)
+    fresh = BM25Index()
+    for doc_id, text in kept.items():
+        fresh.upsert(doc_id, text)
+    for query in ("word3 text", "shared pad", "word8"):
+        live_scores, fresh_scores = live.scores(query), fresh.scores(query)
+        assert {d: round(float(live_scores[s]), 5) for s, d in enumerate(live.slot_ids())} == {
+            d: round(float(fresh_scores[s]), 5) for s, d in enumerate(fresh.slot_ids())
+        }
+
+
 def test_where_operators() -> None:
     meta = {"name": "a", "v": 2, "network": False}
     assert matches_where(meta, {"name": "a"})

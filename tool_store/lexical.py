@@ -87,12 +87,17 @@ class BM25Index:
         """
         if doc_id in self._slot:
             self.delete([doc_id])
-        terms = Counter(tokenize(text))
+        self._append(doc_id, Counter(tokenize(text)), dict(metadata or {}))
+        self._length_array = None
+        self._alive_array = None
+
+    def _append(self, doc_id: str, terms: Counter[str], meta: dict[str, Any] | None) -> None:
+        """Give a document the next slot and add its terms to the postings."""
         slot = len(self._ids)
         self._slot[doc_id] = slot
         self._ids.append(doc_id)
         self._terms.append(terms)
-        self._meta.append(dict(metadata or {}))
+        self._meta.append(meta)
         length = sum(terms.values())
         self._lengths.append(length)
         self._total_length += length
@@ -101,9 +106,7 @@ class BM25Index:
             slots.append(slot)
             tfs.append(tf)
             self._df[term] += 1
-            self._arrays.pop(term, None)
-        self._length_array = None
-        self._alive_array = None
+            self._arrays.pop(term, None)  # the term's cached arrays are stale
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents; unknown ids are ignored.
@@ -146,19 +149,7 @@ class BM25Index:
         self._reset()
         for doc_id, terms, meta in live:
             assert terms is not None
-            slot = len(self._ids)
-            self._slot[doc_id] = slot
-            self._ids.append(doc_id)
-            self._terms.append(terms)
-            self._meta.append(meta)
-            length = sum(terms.values())
-            self._lengths.append(length)
-            self._total_length += length
-            for term, tf in terms.items():
-                slots, tfs = self._postings.setdefault(term, ([], []))
-                slots.append(slot)
-                tfs.append(tf)
-                self._df[term] += 1
+            self._append(doc_id, terms, meta)
 
     def _posting_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         arrays = self._arrays.get(term)
