@@ -69,8 +69,7 @@ def sqlite_checkpointer(
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path / filename, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # per connection; SqliteSaver sets WAL itself
     try:
         yield SqliteSaver(conn)
     finally:
