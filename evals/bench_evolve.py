@@ -499,19 +499,15 @@ def run_speedup(
         cpu = _cpu_seconds() - cpu_before
     finally:
         raw_store.close()
+    predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
     result = analyse_run(
-        model.records,
-        batch_ends,
-        read_jsonl(run_dir / STEPS_FILE),
-        read_jsonl(run_dir / PREDICTIONS_FILE),
-        started,
-        wall,
+        model.records, batch_ends, read_jsonl(run_dir / STEPS_FILE), predictions, started, wall
     )
     calls = sandbox.timing_snapshot()
     store_calls = store.timing_snapshot()
     unfinished = [
         {"id": p["id"], "status": p["status"], "error": p.get("error"), "answer": p["answer"]}
-        for p in read_jsonl(run_dir / PREDICTIONS_FILE)
+        for p in predictions
         if p["status"] != "completed"
     ]
     episodes = max(1, result["episodes"])
