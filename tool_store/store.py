@@ -1224,16 +1224,8 @@ class ToolStore:
             if commit_id is not None:
                 if self._earlier_commit(commit_id, digest, cur) is not None:
                     return 0
-                cur.execute(
-                    "INSERT INTO commits (commit_id, applied_at, digest, result) "
-                    "VALUES (?, ?, ?, ?)",
-                    (
-                        commit_id,
-                        now_utc().isoformat(),
-                        digest,
-                        CommitResult(commit_id=commit_id).model_dump_json(),
-                    ),
-                )
+                result = CommitResult(commit_id=commit_id, applied_at=now_utc())
+                self._remember_commit(cur, commit_id, digest, result)
             per_tool: dict[str, list[CallRecord]] = {}
             for call in parsed:
                 self._tool_row(call.name, cur)
@@ -1328,13 +1320,20 @@ class ToolStore:
                     self._event(cur, name, kind, detail)
                 result.applied_at = now
                 if commit_id is not None:
-                    cur.execute(
-                        "INSERT INTO commits (commit_id, applied_at, digest, result) "
-                        "VALUES (?, ?, ?, ?)",
-                        (commit_id, now.isoformat(), digest, result.model_dump_json()),
-                    )
+                    self._remember_commit(cur, commit_id, digest, result)
             self._after_write(pending.names)
             return result
+
+    @staticmethod
+    def _remember_commit(
+        cur: sqlite3.Cursor, commit_id: str, digest: str, result: CommitResult
+    ) -> None:
+        """Record an applied commit id (in the transaction that applies it)."""
+        assert result.applied_at is not None
+        cur.execute(
+            "INSERT INTO commits (commit_id, applied_at, digest, result) VALUES (?, ?, ?, ?)",
+            (commit_id, result.applied_at.isoformat(), digest, result.model_dump_json()),
+        )
 
     def _earlier_commit(
         self, commit_id: str, digest: str, cur: sqlite3.Cursor | None = None
