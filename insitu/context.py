@@ -53,7 +53,59 @@ class InsituContext:
         "OpenAI-compatible endpoint (env OPENAI_BASE_URL); the key comes from OPENAI_API_KEY.",
         factory=lambda: _env("OPENAI_BASE_URL"),
     )
-    request_timeout_s: float = _describe("Timeout of one model request, in seconds.", 120.0)
+    request_timeout_s: float = _describe(
+        "Timeout of one model request (one HTTP attempt), in seconds.", 120.0
+    )
+    max_retries: int = _describe(
+        "Retries of a model request after a transient endpoint error (connection refused or "
+        "reset, timeout, HTTP 429 or 5xx), with exponential backoff that honours Retry-After.",
+        4,
+    )
+    retry_budget_s: float = _describe(
+        "Total time one model call may take, its retries and their waits included, in seconds.",
+        300.0,
+    )
+    manager_max_output_tokens: int = _describe(
+        "Most tokens the manager's model may generate per reply (sent as max_tokens).", 1024
+    )
+    tool_developer_max_output_tokens: int = _describe(
+        "Most tokens the tool developer's model may generate per reply (a module and its tests).",
+        4096,
+    )
+    executor_max_output_tokens: int = _describe(
+        "Most tokens the executor's model may generate per reply.", 1024
+    )
+    integrator_max_output_tokens: int = _describe(
+        "Most tokens the integrator's model may generate per reply.", 1024
+    )
+    reflection_max_output_tokens: int = _describe(
+        "Most tokens the reflection model may generate per reply (it also repairs tools).", 4096
+    )
+    absorber_max_output_tokens: int = _describe(
+        "Most tokens the absorber's model may generate per reply (it also writes merged tools).",
+        4096,
+    )
+    tool_calling: Literal["auto", "native", "text"] = _describe(
+        "How the Executor calls tools: 'native' (the endpoint's tool calling), 'text' (a JSON "
+        "action in the reply, for servers without tool calling), or 'auto' (decided by a probe "
+        "of the endpoint; models passed from Python are taken as native).",
+        "auto",
+    )
+    tool_choice: Literal["auto", "required"] = _describe(
+        "The tool_choice sent with every native tool-calling request (some servers read a "
+        "missing one as 'none').",
+        "auto",
+    )
+    preflight: bool = _describe(
+        "Before a run, send one cheap request per configured model and refuse to start on a "
+        "dead endpoint.",
+        True,
+    )
+    max_consecutive_endpoint_failures: int = _describe(
+        "A run (evolve, eval) stops after this many tasks in a row failed on model endpoint "
+        "errors; its tasks are retried when the run is resumed.",
+        3,
+    )
 
     store_dir: str = _describe(
         "Tool library directory (env INSITU_STORE).",
@@ -130,6 +182,12 @@ class InsituContext:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
         return getattr(self, f"{role}_model")
+
+    def max_output_tokens_for(self, role: str) -> int:
+        """Return the most tokens a role's model may generate per reply."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return getattr(self, f"{role}_max_output_tokens")
 
     def with_model(self, name: str) -> InsituContext:
         """Return a copy that uses model ``name`` for every role."""
