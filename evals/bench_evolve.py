@@ -112,6 +112,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import PrivateAttr
 
 from insitu.testing.scripted import ScriptedChatModel, estimate_tokens
+from insitu.testing.team import prompt_text
 
 #: Target of this project: speed-up of B=16 over B=1.
 TARGET_SPEEDUP = 12.0
@@ -184,7 +185,7 @@ class TimedScriptedChatModel(ScriptedChatModel):
             return list(self._records)
 
     def _record(self, messages: Sequence[Any], start: float, end: float) -> None:
-        first = str(messages[0].content) if messages else ""
+        first = prompt_text(messages)
         task = None
         if "\n## Task\n" in first:
             task = first.split("\n## Task\n", 1)[1].split("\n", 1)[0].strip()
@@ -876,7 +877,7 @@ def scripted_absorber(sources: dict[str, Any], pairs: dict[str, str]) -> Callabl
     import re
 
     def respond(messages: list[Any], tools: list[dict[str, Any]]) -> str:
-        first = str(messages[0].content)
+        first = prompt_text(messages)
         role = _role_of(first)
         if role == "aggregator":
             listed = re.findall(r"^- (\w+) \(", first, re.MULTILINE)

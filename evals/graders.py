@@ -422,7 +422,7 @@ def judge(
     messages = [HumanMessage(content=judge_prompt(question, reference, prediction))]
     try:
         asked = ask_structured(
-            model,
+            model.invoke,
             messages,
             lambda text: parse_reply(text, Verdict),
             max_attempts=max_attempts,

@@ -4,6 +4,10 @@
     solve_task   -> absorb_tools (cluster + merge the batch's new tools)
     absorb_tools -> commit_batch (one atomic, idempotent commit) -> END
 
+``commit_batch`` also writes ``finished_at``: a batch is finished only when its
+state has that marker (a checkpoint without pending nodes can still be one
+whose fan-out never ran, when a process was killed at the right moment).
+
 Every episode reads the library as it was at the start of the batch (episodes
 defer their commits) plus its own local tools, never another episode's.
 ``build_evolve_graph()`` returns the uncompiled builder for composition;
@@ -53,13 +57,14 @@ class EvolveInput(TypedDict):
 
 
 class EvolveOutput(TypedDict):
-    """Per-task results, what absorbing did, and the commit."""
+    """Per-task results, what absorbing did, the commit, and when the batch finished."""
 
     batch_id: str
     results: list[dict[str, Any]]
     absorb: dict[str, Any]
     commit: dict[str, Any]
     usage: dict[str, TokenCounts]
+    finished_at: str
 
 
 class EvolveState(TypedDict, total=False):
@@ -72,6 +77,7 @@ class EvolveState(TypedDict, total=False):
     absorb: dict[str, Any]
     commit: dict[str, Any]
     usage: Annotated[dict[str, TokenCounts], merge_usage]
+    finished_at: str  # ISO time; written by commit_batch, the last node: the batch is done
 
 
 class SolveInput(TypedDict):

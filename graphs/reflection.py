@@ -6,13 +6,15 @@ update_tool_stats -> repair_failed_tools -> commit_tools -> summarize_episode
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired
 
 from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
 
 from insitu.context import InsituContext
 from insitu.graphs.state import (
     BuildFailure,
+    EpisodeFailure,
     EpisodeMetrics,
     EpisodeState,
     ExecutorReport,
@@ -35,6 +37,7 @@ class ReflectionInput(TypedDict):
     local_tools: NotRequired[dict[str, dict[str, Any]]]
     repaired_tools: NotRequired[dict[str, dict[str, Any]]]
     build_failures: NotRequired[list[BuildFailure]]
+    failure: NotRequired[EpisodeFailure]
     report: NotRequired[ExecutorReport]
     rounds: NotRequired[int]
     executor_steps: NotRequired[int]

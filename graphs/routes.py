@@ -1,9 +1,14 @@
-"""Pure router functions of the episode graph: state and limits in, next node out.
+"""Pure router functions of the episode graph: state in, next node out.
 
 The episode graph's routers come first, then the batch graph's fan-out.
-Every loop (Manager <-> Executor, Executor -> ToolDeveloper) is bounded by a
-counter in state; exhausting a bound routes to the Integrator, which says what
-could not be done.
+Routers read state only (never the run's settings), so that any node can be
+the ``as_node`` of ``update_state`` and a fork resumes the same way: the nodes
+write what the routers need (``replans_left``; a repair request only while
+repairs are allowed). Every loop (Manager <-> Executor, Executor ->
+ToolDeveloper) is bounded by a counter in state; exhausting a bound routes to
+the Integrator, which says what could not be done. A model endpoint that
+failed (``failure`` in state) ends the work at once: the Integrator records
+why, without asking its model.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from typing import Any, Literal
 
 from langgraph.types import Send
 
-from insitu.context import InsituContext
 from insitu.graphs.state import EpisodeState
 
 PLAN = "plan_task"
@@ -21,15 +25,11 @@ EXECUTE = "execute_task"
 ANSWER = "write_answer"
 
 
-def _limits(runtime: Any) -> InsituContext:
-    return InsituContext.coerce(getattr(runtime, "context", None))
-
-
 def route_after_planning(
-    state: EpisodeState, runtime: Any = None
+    state: EpisodeState,
 ) -> Literal["build_tools", "execute_task", "write_answer"]:
     """Manager -> ToolDeveloper (new tools requested) | Executor | Integrator (no plan)."""
-    if state.get("plan_error"):
+    if state.get("failure") or state.get("plan_error"):
         return ANSWER
     if state.get("requests"):
         return BUILD
@@ -37,33 +37,35 @@ def route_after_planning(
 
 
 def route_after_building(
-    state: EpisodeState, runtime: Any = None
+    state: EpisodeState,
 ) -> Literal["execute_task", "plan_task", "write_answer"]:
     """ToolDeveloper -> Executor (ready) | Manager (a build failed: re-plan) | Integrator."""
+    if state.get("failure"):
+        return ANSWER
     if state.get("build_outcome") != "failed":
         return EXECUTE
-    if state.get("rounds", 0) < _limits(runtime).max_rounds:
+    if state.get("replans_left", 0) > 0:
         return PLAN
     return EXECUTE if state.get("bound_tools") else ANSWER
 
 
 def route_after_execution(
-    state: EpisodeState, runtime: Any = None
+    state: EpisodeState,
 ) -> Literal["write_answer", "plan_task", "build_tools"]:
-    """Executor -> Integrator (done) | Manager (missing capability) | ToolDeveloper (repair)."""
-    limits = _limits(runtime)
-    report = state.get("report") or {"kind": "error"}
-    kind = report["kind"]
-    if kind == "missing_capability" and state.get("rounds", 0) < limits.max_rounds:
+    """Executor -> Integrator (done) | Manager (missing capability) | ToolDeveloper (repair).
+
+    The Executor writes a repair request only while repairs are allowed (not
+    frozen, fewer than ``max_repairs``), so a pending request means "repair".
+    """
+    if state.get("failure"):
+        return ANSWER
+    kind = (state.get("report") or {"kind": "error"})["kind"]
+    can_replan = state.get("replans_left", 0) > 0
+    if kind == "missing_capability" and can_replan:
         return PLAN
-    if (
-        kind == "tool_failed"
-        and not limits.freeze_library
-        and state.get("repairs", 0) < limits.max_repairs
-        and state.get("requests")
-    ):
+    if kind == "tool_failed" and state.get("requests"):
         return BUILD
-    if kind == "tool_failed" and state.get("rounds", 0) < limits.max_rounds:
+    if kind == "tool_failed" and can_replan:
         return PLAN
     return ANSWER
 

@@ -9,13 +9,16 @@ reducers explicitly.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
 
 EpisodeStatus = Literal["completed", "incomplete", "failed"]
-ReportKind = Literal["done", "missing_capability", "tool_failed", "step_limit", "error"]
+ReportKind = Literal[
+    "done", "no_result", "missing_capability", "tool_failed", "step_limit", "error"
+]
 
 
 class TokenCounts(TypedDict):
@@ -94,6 +97,21 @@ class Invocation(TypedDict):
     at: NotRequired[str]  # when the call ended (ISO 8601, UTC)
 
 
+class EpisodeFailure(TypedDict):
+    """Why an episode could not go on: a model endpoint that failed (after its retries).
+
+    The episode then ends ``failed`` with this record; ``insitu.llm.ModelEndpointError``
+    is rebuilt from it for Python callers.
+    """
+
+    kind: Literal["endpoint"]
+    role: str
+    model: str
+    url: str
+    status: int | None
+    message: str
+
+
 class ExecutorReport(TypedDict):
     """How an Executor round ended, which decides the next route."""
 
@@ -134,6 +152,7 @@ class EpisodeOutput(TypedDict):
     new_tools: list[dict[str, Any]]
     library_calls: list[dict[str, Any]]
     commit_error: NotRequired[str]
+    failure: NotRequired[EpisodeFailure]
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
     reflection: str
@@ -149,6 +168,7 @@ class EpisodeState(TypedDict, total=False):
     workdir: str
     # Manager
     rounds: int
+    replans_left: int  # max_rounds - rounds: read by the routers
     candidates: list[Candidate]
     bound_tools: list[str]
     guidance: str
@@ -177,3 +197,5 @@ class EpisodeState(TypedDict, total=False):
     commit_error: str
     metrics: EpisodeMetrics
     reflection: str
+    # any role
+    failure: EpisodeFailure

@@ -4,8 +4,10 @@
     result = run_task("What is the median of 3, 1, 7, 4?", store_dir=".insitu")
     print(result.answer, result.tools_created)
 
-Chat models can be injected (``models=``); by default every role uses
-``ChatOpenAI`` configured from the environment. Runs are checkpointed in the
+Chat models can be injected (``models=``); by default every role uses the
+model its setting names (``provider:model``, or a bare name on the
+OpenAI-compatible endpoint of ``OPENAI_BASE_URL``). A model endpoint that
+fails raises ``insitu.llm.ModelEndpointError``. Runs are checkpointed in the
 store directory (SQLite), so an interrupted task resumes by thread id.
 """
 
@@ -44,6 +46,9 @@ class EpisodeResult(BaseModel):
     metrics: dict[str, int] = Field(default_factory=dict)
     usage: dict[str, dict[str, int]] = Field(default_factory=dict)
     reflection: str = ""
+    failure: dict[str, Any] | None = Field(
+        default=None, description="Why a failed task failed (a model endpoint), as a record."
+    )
 
     @property
     def completed(self) -> bool:
@@ -110,17 +115,26 @@ def run_task(
         The answer, status, tools used and created, counters and token usage.
 
     Raises:
-        ConfigurationError: No model endpoint and no injected models.
+        ConfigurationError: No model endpoint and no injected models, or an
+            executor model that cannot call tools.
         InvalidTaskError: An empty or unusable task.
+        ModelEndpointError: A role's model endpoint failed (after its retries),
+            or the preflight found it dead; ``error.result`` holds the episode's
+            result (tokens spent included) when the episode ran.
     """
     from insitu.graphs.episode import compile_episode_graph
+    from insitu.llm import ModelEndpointError, preflight
     from insitu.nodes.workspace import check_task
+    from insitu.services import Services
 
     settings = InsituContext.coerce(context)
     if store_dir is not None:
         settings = replace(settings, store_dir=str(store_dir))
     if models is None:
         check_model_configuration(settings)
+        preflight(settings)
+    else:
+        Services(models=models).check_models(settings)
     if task is not None:
         task, task_id = check_task({"task": task, "task_id": task_id})
         payload: dict[str, Any] | None = {
@@ -154,7 +168,7 @@ def run_task(
             final = execute(saver)
     else:
         final = execute(None)
-    return EpisodeResult(
+    result = EpisodeResult(
         task_id=final.get("task_id") or thread or "",
         thread_id=thread or "",
         answer=final.get("answer", ""),
@@ -165,4 +179,10 @@ def run_task(
         metrics=dict(final.get("metrics") or {}),
         usage=dict(final.get("usage") or {}),
         reflection=final.get("reflection", ""),
+        failure=final.get("failure"),
     )
+    if result.status == "failed" and result.failure:
+        error = ModelEndpointError.from_failure(result.failure)
+        error.result = result
+        raise error
+    return result

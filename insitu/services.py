@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from insitu.context import ROLES, InsituContext
+from insitu.llm import ConfigurationError, build_chat_model
+
+__all__ = ["NO_ENDPOINT_MESSAGE", "ConfigurationError", "Services", "open_sandbox", "open_store"]
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -24,59 +27,43 @@ if TYPE_CHECKING:
     from insitu.tool_store import ToolStore
 
 
-class ConfigurationError(RuntimeError):
-    """insitu is not configured well enough to run; the message says what to set."""
+def no_endpoint_message(
+    alternative: str = "pass chat models from Python (run_task(..., models=my_model)); "
+    "`insitu demo` runs offline with a scripted model",
+) -> str:
+    """The message for a run that has no model endpoint.
+
+    Args:
+        alternative: How to run without an endpoint where the run was started
+            (the CLI names its command's ``--scripted``).
+    """
+    return (
+        "No model endpoint is configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for any other "
+        "OpenAI-compatible server, e.g. http://localhost:11434/v1 for Ollama or "
+        f"http://localhost:8000/v1 for vLLM / llama.cpp), or {alternative}."
+    )
 
 
-NO_ENDPOINT_MESSAGE = (
-    "No model endpoint is configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for any other "
-    "OpenAI-compatible server, e.g. http://localhost:11434/v1 for Ollama or "
-    "http://localhost:8000/v1 for vLLM / llama.cpp), or pass chat models from Python "
-    "(build_episode_graph(models=...)). `insitu demo` runs offline with a scripted model."
-)
+NO_ENDPOINT_MESSAGE = no_endpoint_message()
 
 _lock = threading.Lock()
 _stores: dict[tuple[str, str | None, str], ToolStore] = {}
 _sandboxes: dict[tuple[Any, ...], Sandbox] = {}
 
 
-def make_chat_model(role: str, context: InsituContext) -> BaseChatModel:
-    """Build the default chat model of a role: ``ChatOpenAI`` on the configured endpoint.
-
-    Args:
-        role: One of ``insitu.context.ROLES``.
-        context: Supplies the model name, temperature, endpoint and timeout.
-
-    Returns:
-        A ``ChatOpenAI`` client.
-
-    Raises:
-        ConfigurationError: Neither ``OPENAI_API_KEY`` nor an endpoint URL is set.
-    """
-    api_key = os.environ.get("OPENAI_API_KEY")
-    base_url = context.openai_base_url
-    if not api_key and not base_url:
-        raise ConfigurationError(NO_ENDPOINT_MESSAGE)
-    from langchain_openai import ChatOpenAI
-
-    return ChatOpenAI(
-        model=context.model_for(role),
-        temperature=context.temperature,
-        base_url=base_url,
-        # Local servers (Ollama, vLLM, llama.cpp) accept any key but the client needs one.
-        api_key=api_key or "not-needed",
-        timeout=context.request_timeout_s,
-        max_retries=2,
-    )
-
-
 def check_model_configuration(context: InsituContext) -> None:
-    """Fail at once, with what to set, when no endpoint is configured.
+    """Fail at once, with what to set, when a role's model cannot be reached at all.
+
+    A bare model name needs ``OPENAI_API_KEY`` or an endpoint URL; a
+    ``provider:model`` setting brings its own client (and key variable).
 
     Raises:
         ConfigurationError: See :data:`NO_ENDPOINT_MESSAGE`.
     """
-    if not os.environ.get("OPENAI_API_KEY") and not context.openai_base_url:
+    from insitu.llm import provider_of
+
+    bare = [role for role in ROLES if provider_of(context.model_for(role)) in (None, "openai")]
+    if bare and not os.environ.get("OPENAI_API_KEY") and not context.openai_base_url:
         raise ConfigurationError(NO_ENDPOINT_MESSAGE)
 
 
@@ -151,7 +138,7 @@ class Services:
     Args:
         models: One chat model for every role, or a mapping role -> model
             (missing roles fall back to ``"default"`` in the mapping, then to
-            ``ChatOpenAI`` from the context).
+            the model the context names, see :func:`insitu.llm.build_chat_model`).
         store: An open ``ToolStore`` to use instead of opening ``store_dir``.
         sandbox: A ``Sandbox`` to use instead of the per-process default.
     """
@@ -182,7 +169,31 @@ class Services:
                 return model
         elif self._models is not None:
             return self._models
-        return make_chat_model(role, context)
+        return build_chat_model(role, context)
+
+    def injected(self, role: str) -> bool:
+        """Whether ``role``'s model was passed from Python (not built from the settings)."""
+        if isinstance(self._models, Mapping):
+            return (self._models.get(role) or self._models.get("default")) is not None
+        return self._models is not None
+
+    def check_models(self, context: InsituContext) -> None:
+        """Fail before a run when the executor's model cannot call tools as configured.
+
+        Raises:
+            ConfigurationError: A sentence saying which model and what to do.
+        """
+        if context.tool_calling == "text" or not self.injected("executor"):
+            return
+        from insitu.llm import needs_bind_tools
+
+        model = self.chat_model("executor", context)
+        if needs_bind_tools(model):
+            raise ConfigurationError(
+                f"the executor's model ({type(model).__name__}) cannot call tools: it does not "
+                "implement bind_tools. Pass a chat model with tool calling, or set "
+                "tool_calling='text' to use the JSON text protocol."
+            )
 
     def store(self, context: InsituContext) -> ToolStore:
         """Return the tool store (injected, else this process's for ``store_dir``)."""

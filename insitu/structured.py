@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
@@ -81,6 +80,25 @@ def message_text(message: BaseMessage | str) -> str:
         elif isinstance(part, dict) and part.get("type") == "text":
             parts.append(str(part.get("text", "")))
     return "".join(parts)
+
+
+#: ``response_metadata`` key of a reply that the client could not decode (see
+#: :func:`insitu.llm.call_model`); its value says why.
+UNREADABLE_KEY = "insitu_unreadable"
+
+
+def unreadable_reason(message: BaseMessage) -> str | None:
+    """Why a reply could not be decoded by the client, or ``None`` for a readable one."""
+    meta = getattr(message, "response_metadata", None) or {}
+    reason = meta.get(UNREADABLE_KEY)
+    return f"the reply could not be read ({str(reason)[:300]})" if reason else None
+
+
+def is_truncated(message: BaseMessage) -> bool:
+    """Whether a reply was cut off at the output-token limit (any provider's spelling)."""
+    meta = getattr(message, "response_metadata", None) or {}
+    reasons = (meta.get("finish_reason"), meta.get("stop_reason"), meta.get("done_reason"))
+    return any(r in ("length", "max_tokens", "MAX_TOKENS") for r in reasons)
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -167,6 +185,9 @@ def extract_json(text: str) -> Any:
                 break
             try:
                 return _loads(candidate[match.start() : end])
+            except RecursionError:
+                last_error = "the JSON in the reply is nested too deeply; reply with a flat object"
+                break
             except (json.JSONDecodeError, ValueError) as exc:
                 last_error = f"the JSON in the reply does not parse: {exc}"
                 break
@@ -198,6 +219,10 @@ def parse_reply(text: str, schema: type[ModelT]) -> ModelT:
     data = extract_json(text)
     try:
         return schema.model_validate(data)
+    except RecursionError:
+        raise StructuredOutputError(
+            "the JSON is nested too deeply; reply with a flat object"
+        ) from None
     except ValidationError as exc:
         raise StructuredOutputError(
             f"the JSON does not match the expected fields:\n{format_validation_error(exc)}"
@@ -206,33 +231,32 @@ def parse_reply(text: str, schema: type[ModelT]) -> ModelT:
 
 @dataclass
 class Asked:
-    """The outcome of :func:`ask_structured`: the value, the last reply and usage."""
+    """The outcome of :func:`ask_structured`: the value, the last reply and its attempt."""
 
     value: Any
-    reply: AIMessage
+    reply: BaseMessage
     attempts: int
-    usage: TokenUsage = field(default_factory=TokenUsage)
 
 
 def ask_structured(
-    model: BaseChatModel,
+    call: Callable[[list[BaseMessage]], BaseMessage],
     messages: Sequence[BaseMessage],
     parse: Callable[[str], Any],
     *,
     max_attempts: int = 3,
-    usage: TokenUsage | None = None,
     on_retry: Callable[[int, str], None] | None = None,
 ) -> Asked:
     """Ask a model and re-ask with the parse error until the reply parses.
 
     Args:
-        model: Any LangChain chat model.
+        call: ``messages -> reply``: a chat model's ``invoke``, or a bounded
+            caller such as :func:`insitu.nodes.common.model_caller` (which also
+            counts tokens).
         messages: The prompt.
         parse: Turns the reply text into the value, raising
             ``StructuredOutputError`` (or ``ValueError``) with a reason the model
             can act on. Extra checks (e.g. unknown tool names) belong here.
         max_attempts: Total number of model calls allowed.
-        usage: Accumulator for token usage across attempts.
         on_retry: Called with (attempt, reason) before each re-ask.
 
     Returns:
@@ -242,17 +266,23 @@ def ask_structured(
         StructuredOutputError: After ``max_attempts`` unusable replies, with the
             last reason.
     """
-    usage = usage if usage is not None else TokenUsage()
     conversation = list(messages)
     reason = "no attempt was made"
     for attempt in range(1, max_attempts + 1):
-        reply = model.invoke(conversation)
-        usage.add_response(reply)
-        text = message_text(reply)
+        reply = call(conversation)
+        text = clean_reply_text(message_text(reply))
         try:
-            return Asked(parse(text), reply, attempt, usage)
-        except (StructuredOutputError, ValueError) as exc:
-            reason = str(exc)
+            return Asked(parse(text), reply, attempt)
+        except (StructuredOutputError, ValueError, TypeError, RecursionError) as exc:
+            reason = " ".join(str(exc).split())[:2000] or type(exc).__name__
+            if isinstance(exc, RecursionError):
+                reason = "the reply is nested too deeply to read; reply with a flat JSON object"
+        if is_truncated(reply):
+            reason = (
+                "the reply was cut off at the output-token limit before it was complete; "
+                "reply again, much shorter"
+            )
+        reason = unreadable_reason(reply) or reason
         if attempt < max_attempts:
             if on_retry:
                 on_retry(attempt, reason)
@@ -266,3 +296,113 @@ def ask_structured(
     raise StructuredOutputError(
         f"no usable reply after {max_attempts} attempts; last problem: {reason}"
     )
+
+
+# --------------------------------------------------------------------- judging final replies
+
+#: Chat-template control tokens that weak models or misconfigured servers leak into replies.
+_TEMPLATE_TOKENS = re.compile(
+    r"<\|(?:im_start|im_end|im_sep|eot_id|end_of_text|begin_of_text|start_header_id|"
+    r"end_header_id|endoftext|eom_id|assistant|user|system|end)\|>"
+    r"|</?(?:start_of_turn|end_of_turn|s|bos|eos)>|\[/?INST\]"
+)
+#: After a template token, the role name it introduces (``<|im_start|>user``).
+_ROLE_AFTER_TOKEN = re.compile(
+    r"(<\|im_start\|>|<start_of_turn>|<\|start_header_id\|>)\s*(?:user|assistant|system|model)\b"
+)
+#: Words that are no answer at all.
+_NON_ANSWERS = frozenset(
+    [
+        "none",
+        "null",
+        "nil",
+        "undefined",
+        "n/a",
+        "na",
+        "nan",
+        "unknown",
+        "user",
+        "assistant",
+        "system",
+        "model",
+        "answer",
+        "result",
+        "done",
+        "todo",
+        "tbd",
+    ]
+)
+#: Openings of a reply that gives up rather than answers.
+_GIVE_UP = re.compile(
+    r"^\W*(?:i(?:'|’)m\s+(?:sorry|afraid|unable)|i\s+(?:could\s*n[o']t|can\s*n[o']t|cannot|was\s+(?:not\s+)?unable|am\s+(?:not\s+)?"
+    r"unable|am\s+sorry|apologi[sz]e|do\s*n[o']t\s+know|don't\s+know|have\s+no|did\s*n[o']t"
+    r"\s+find|failed)|sorry\b|unfortunately\b|unable\s+to\b|(?:it\s+is\s+)?not\s+possible"
+    r"|there\s+is\s+no\s+way|as\s+an\s+ai\b|no\s+(?:answer|result|solution)\b"
+    r"|could\s*n[o']t|cannot\b|(?:this|the)\s+task\s+is\s+(?:impossible|not\s+possible)"
+    r"|.*\bi\s+give\s+up\b)",
+    re.IGNORECASE,
+)
+
+
+#: Hidden reasoning (``<think>…</think>``) and leaked system blocks, removed whole.
+_HIDDEN_BLOCKS = re.compile(
+    r"<think>.*?(?:</think>|\Z)|<<SYS>>.*?(?:<</SYS>>|\Z)", re.DOTALL | re.IGNORECASE
+)
+#: Terminal escape sequences and invisible direction or format controls.
+_CONTROLS = re.compile(
+    r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+#: Keys of insitu's own reply formats (a plan, an action, a verdict): never an answer.
+_PROTOCOL_KEYS = re.compile(
+    r'["\']\s*(?:bind|requests|duplicates|tool_calls|arguments)\s*["\']\s*:'
+)
+
+
+def clean_reply_text(text: str) -> str:
+    """Strip hidden reasoning, chat-template tokens, control characters and outer space."""
+    text = _HIDDEN_BLOCKS.sub(" ", text)
+    text = _ROLE_AFTER_TOKEN.sub(" ", text)
+    text = _TEMPLATE_TOKENS.sub(" ", text)
+    return _CONTROLS.sub("", text).strip()
+
+
+def _structure_reason(text: str) -> str | None:
+    """Why a reply that opens with ``{`` or ``[`` is not an answer (``None``: a plain list)."""
+    end = _balanced_span(text, 0)
+    if end is None:
+        return "the reply is a fragment of JSON or code, not an answer"
+    try:
+        value = _loads(text[:end])
+    except (json.JSONDecodeError, ValueError, SyntaxError, RecursionError):
+        return "the reply is a fragment of JSON or code, not an answer"
+    if isinstance(value, list) and all(not isinstance(v, list | dict) for v in value):
+        return None if value else "the reply is an empty list"
+    return "the reply is a JSON structure, not an answer in words"
+
+
+def unusable_answer_reason(text: str) -> str | None:
+    """Why a final reply is not an answer (empty, junk, a give-up), or ``None`` if it may be one.
+
+    Args:
+        text: The reply, already passed through :func:`clean_reply_text`.
+    """
+    if not text:
+        return "the reply was empty"
+    if not any(ch.isalnum() for ch in text):
+        return f"the reply {text[:40]!r} holds no answer"
+    outside_code = _FENCE.sub(" ", text).strip()
+    if not any(ch.isalnum() for ch in outside_code):
+        return "the reply holds only code, no answer in words"
+    if outside_code != text and len(outside_code.split()) < 6:
+        return "the reply is code with a caption, not an answer"
+    if _PROTOCOL_KEYS.search(text):
+        return "the reply is a plan or a tool call written as JSON, not an answer"
+    if outside_code[0] in "{[":
+        structure = _structure_reason(outside_code)
+        if structure:
+            return structure
+    if text.strip(" .!\"'`").lower() in _NON_ANSWERS:
+        return f"the reply {text[:40]!r} is not an answer"
+    if _GIVE_UP.match(text):
+        return f"the reply gives up: {' '.join(text.split())[:160]!r}"
+    return None

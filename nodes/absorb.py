@@ -20,19 +20,22 @@ library after a batch is either the old one or the new one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from insitu.context import InsituContext
 from insitu.events import emit
+from insitu.llm import ModelEndpointError
 from insitu.nodes.common import (
     ask_role,
     compact_json,
-    prompt_message,
-    render_prompt,
+    model_caller,
+    prompt_messages,
     settings,
     usage_update,
 )
@@ -69,6 +72,11 @@ class AbsorbReport(BaseModel):
     dropped: list[dict[str, str]] = Field(default_factory=list)
     llm_calls: int = 0
     prompt_tokens: int = 0
+    endpoint_error: str | None = Field(
+        default=None,
+        description="Why absorbing stopped early: the absorber's model endpoint failed. The "
+        "batch's tools are then committed unmerged (a later batch can still merge them).",
+    )
 
 
 def collect_episode_tools(
@@ -165,7 +173,7 @@ def merged_tests(members: Sequence[ToolRecord]) -> list[ToolTest]:
     ]
 
 
-def merger_prompt(keeper: str, members: Sequence[ToolRecord]) -> str:
+def merger_prompt(keeper: str, members: Sequence[ToolRecord]) -> list[BaseMessage]:
     """Render the Merger's request for one confirmed set of duplicates."""
     sections = []
     for member in members:
@@ -174,7 +182,7 @@ def merger_prompt(keeper: str, members: Sequence[ToolRecord]) -> str:
             f"### {member.name}\n{member.description}\n```python\n{member.source}\n```\n"
             f"Tests: {tests}\n"
         )
-    return render_prompt("merger", name=keeper, members="\n".join(sections))
+    return prompt_messages("merger", name=keeper, members="\n".join(sections))
 
 
 def choose_keeper(members: Sequence[ToolRecord], library_names: set[str]) -> ToolRecord:
@@ -261,7 +269,9 @@ def absorb_batch(
         members = [by_name[n] for n in group.members if n not in merged_away]
         if len(members) < 2:
             continue
-        messages = prompt_message("aggregator", tools=aggregator_tools_section(members))
+        if report.endpoint_error:
+            break
+        messages = prompt_messages("aggregator", tools=aggregator_tools_section(members))
         try:
             asked = ask_role(
                 ROLE,
@@ -278,6 +288,10 @@ def absorb_batch(
                 {"members": [m.name for m in members], "reason": f"no usable verdict: {exc}"}
             )
             continue
+        except ModelEndpointError as exc:
+            report.endpoint_error = exc.one_line()
+            emit("endpoint_failed", f"absorbing stopped: {exc.one_line()}", role=ROLE)
+            break
         for names in asked.value:
             chosen = [by_name[n] for n in names]
             report.groups_confirmed += 1
@@ -287,17 +301,20 @@ def absorb_batch(
                 spec = develop_tool(
                     merger_prompt(keeper.name, chosen),
                     name=keeper.name,
-                    model=services.chat_model(ROLE, context),
+                    call=model_caller(ROLE, services, context, usage),
                     sandbox=services.sandbox(context),
                     scratch_dir=scratch_dir,
                     max_attempts=context.max_build_attempts,
-                    usage=usage,
                     kept_tests=merged_tests(chosen),
                 )
             except BuildError as exc:
                 report.merge_rejected.append({"members": names, "reason": exc.reason[-800:]})
                 emit("merge_rejected", f"kept {', '.join(names)} apart: merge failed tests")
                 continue
+            except ModelEndpointError as exc:
+                report.endpoint_error = exc.one_line()
+                emit("endpoint_failed", f"absorbing stopped: {exc.one_line()}", role=ROLE)
+                break
             archived = _merge_changes(changes, keeper, spec, chosen, library_names, batch_id)
             report.archived += archived
             report.merged.append({"into": keeper.name, "from": names})
@@ -351,7 +368,8 @@ def commit_batch(
     """Batch node: apply the change set in one transaction, then record the batch's calls.
 
     Both are idempotent (keyed by the batch id and their content), so a batch
-    resumed after a crash neither adds a tool nor counts a call twice.
+    resumed after a crash neither adds a tool nor counts a call twice. Writes
+    ``finished_at``, the batch's done marker.
     """
     context = settings(runtime)
     changes = ChangeSet.model_validate(state.get("changes") or {})
@@ -367,7 +385,8 @@ def commit_batch(
         except StoreError as exc:
             emit("stats_failed", f"the library refused the batch's call statistics: {exc}")
             commit["calls_error"] = str(exc)
-    return {"commit": commit}
+    # The marker that the batch is done (evolve trusts nothing else: see graphs/evolve.py).
+    return {"commit": commit, "finished_at": datetime.now(UTC).isoformat()}
 
 
 def _commit_changes(store: ToolStore, batch_id: str, changes: ChangeSet) -> dict[str, Any]:

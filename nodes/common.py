@@ -1,4 +1,4 @@
-"""What every role needs: its prompt, its settings, its model call and usage."""
+"""What every role needs: its prompt, its settings, its model call, usage and failures."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from insitu.context import InsituContext
 from insitu.events import emit
+from insitu.llm import ModelEndpointError, call_model, truncation_notice
 from insitu.services import Services
-from insitu.structured import Asked, TokenUsage, ask_structured
+from insitu.structured import (
+    Asked,
+    TokenUsage,
+    ask_structured,
+    clean_reply_text,
+    is_truncated,
+    message_text,
+)
+
+#: The line of a prompt file that ends the role's instructions and starts the request.
+USER_MARKER = "<!-- user -->\n"
 
 
 @cache
@@ -33,6 +44,20 @@ def render_prompt(prompt: str, /, **values: Any) -> str:
     return _template(prompt).substitute(**{k: str(v) for k, v in values.items()})
 
 
+def prompt_messages(prompt: str, /, **values: Any) -> list[BaseMessage]:
+    """Render a prompt file as a system message (the role) and a user message (the request).
+
+    Some chat templates show tools, or follow instructions, only from a system
+    message, so each prompt file holds the role's instructions first and the
+    request after a ``<!-- user -->`` line.
+    """
+    text = render_prompt(prompt, **values)
+    system, marker, user = text.partition(USER_MARKER)
+    if not marker:
+        raise ValueError(f"prompt {prompt!r} has no {USER_MARKER.strip()} line")
+    return [SystemMessage(content=system.strip()), HumanMessage(content=user.strip())]
+
+
 def settings(runtime: Runtime[InsituContext] | Any) -> InsituContext:
     """Return the run's settings (defaults when the caller passed no context)."""
     return InsituContext.coerce(getattr(runtime, "context", None))
@@ -41,6 +66,18 @@ def settings(runtime: Runtime[InsituContext] | Any) -> InsituContext:
 def usage_update(role: str, usage: TokenUsage) -> dict[str, dict[str, int]]:
     """Return a state update adding ``usage`` to ``role``'s token counts."""
     return {role: usage.as_dict()} if usage.calls else {}
+
+
+def model_caller(
+    role: str, services: Services, context: InsituContext, usage: TokenUsage
+) -> Callable[[Sequence[BaseMessage]], AIMessage]:
+    """Return ``messages -> reply`` for a role: its model, called within the endpoint bounds.
+
+    Raises (when called):
+        ModelEndpointError: The endpoint failed (see :func:`insitu.llm.call_model`).
+    """
+    model = services.chat_model(role, context)
+    return lambda messages: call_model(model, messages, role=role, context=context, usage=usage)
 
 
 def ask_role(
@@ -56,20 +93,20 @@ def ask_role(
     Args:
         role: The role whose model is asked (also labels retries in the progress).
         services: Supplies the model.
-        context: Supplies ``max_reasks``.
+        context: Supplies ``max_reasks`` and the endpoint bounds.
         messages: The prompt.
         parse: Reply text -> value, raising ``ValueError`` with a model-readable reason.
         usage: Accumulates token usage.
 
     Raises:
         StructuredOutputError: No usable reply within the bound.
+        ModelEndpointError: The endpoint failed.
     """
     return ask_structured(
-        services.chat_model(role, context),
+        model_caller(role, services, context, usage),
         messages,
         parse,
         max_attempts=1 + context.max_reasks,
-        usage=usage,
         on_retry=lambda attempt, reason: emit(
             "reask",
             f"{role}: unusable reply (attempt {attempt}), asking again: {reason[:120]}",
@@ -78,9 +115,41 @@ def ask_role(
     )
 
 
-def prompt_message(prompt: str, /, **values: Any) -> list[BaseMessage]:
-    """Render a prompt file as the single user message of a request."""
-    return [HumanMessage(content=render_prompt(prompt, **values))]
+def ask_text(
+    role: str,
+    services: Services,
+    context: InsituContext,
+    messages: Sequence[BaseMessage],
+    usage: TokenUsage,
+) -> str:
+    """Ask a role's model for plain text; a reply cut off at the token limit is re-asked.
+
+    Returns:
+        The reply's text, cleaned of chat-template tokens (empty when every
+        attempt was cut off).
+
+    Raises:
+        ModelEndpointError: The endpoint failed.
+    """
+    call = model_caller(role, services, context, usage)
+    conversation = list(messages)
+    for _attempt in range(1 + context.max_reasks):
+        reply = call(conversation)
+        text = clean_reply_text(message_text(reply))
+        if not is_truncated(reply):
+            return text
+        emit("reask", f"{role}: reply cut off at the token limit, asking again", role=role)
+        conversation += [
+            AIMessage(content=text or "(empty reply)"),
+            HumanMessage(content=truncation_notice(context, role)),
+        ]
+    return ""
+
+
+def failure_update(error: ModelEndpointError) -> dict[str, Any]:
+    """The state update of a node whose model endpoint failed: the episode ends, failed."""
+    emit("endpoint_failed", error.one_line(), role=error.role)
+    return {"failure": error.as_failure()}
 
 
 def compact_json(value: Any, limit: int = 600) -> str:

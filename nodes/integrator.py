@@ -2,7 +2,8 @@
 
 It reads the task, the Manager's guidance, a compact record of the tool calls
 and how the Executor ended, not the raw transcript. When the work could not be
-completed it says plainly what could not be done.
+completed the answer starts with why; the status is decided by how the work
+ended, never by what the model writes.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ from langgraph.runtime import Runtime
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeState
-from insitu.nodes.common import compact_json, prompt_message, settings, usage_update
+from insitu.llm import ModelEndpointError
+from insitu.nodes.common import (
+    ask_text,
+    compact_json,
+    failure_update,
+    prompt_messages,
+    settings,
+    usage_update,
+)
 from insitu.services import Services
-from insitu.structured import TokenUsage, message_text
+from insitu.structured import TokenUsage, unusable_answer_reason
 
 ROLE = "integrator"
 MAX_RECORD_CHARS = 6000
 
 _ENDINGS = {
     "done": "The Executor finished and reported this result:\n{message}",
+    "no_result": "The Executor ended without a usable result ({message}).",
     "missing_capability": "The Executor stopped: a needed capability was missing ({message}).",
     "tool_failed": "The Executor stopped: a tool kept failing ({message}).",
     "step_limit": "The Executor ran out of steps ({message}).",
@@ -65,10 +75,19 @@ def write_answer(
 ) -> dict[str, Any]:
     """Ask the Integrator for the final answer.
 
+    A completed task's answer is the Integrator's reply (or, when that reply is
+    no answer, the Executor's result). An incomplete task's answer always
+    starts with why it is incomplete; a failed one (the model endpoint failed)
+    says what failed, without asking the model again.
+
     Returns:
-        Update: ``answer``, ``status`` (completed / incomplete) and usage.
+        Update: ``answer``, ``status`` (completed / incomplete / failed) and usage.
     """
     context = settings(runtime)
+    failure = state.get("failure")
+    if failure:
+        emit("answered", "no answer: the model endpoint failed", status="failed")
+        return {"answer": f"Failed: {failure['message']}", "status": "failed"}
     ending, completed = describe_ending(state)
     rule = (
         ""
@@ -78,7 +97,7 @@ def write_answer(
             "any partial result clearly marked as partial."
         )
     )
-    messages = prompt_message(
+    messages = prompt_messages(
         "integrator",
         task=state["task"],
         guidance=state.get("guidance") or "(none)",
@@ -88,20 +107,23 @@ def write_answer(
     )
     usage = TokenUsage()
     try:
-        reply = services.chat_model(ROLE, context).invoke(messages)
-        usage.add_response(reply)
-        answer = message_text(reply).strip()
-    except Exception as exc:  # the answer must still say what happened
-        answer = ""
-        ending += f" (The Integrator's model failed: {exc}.)"
-    if not answer:
+        written = ask_text(ROLE, services, context, messages, usage)
+    except ModelEndpointError as exc:
+        emit("answered", "no answer: the model endpoint failed", status="failed")
+        return {
+            "answer": f"Failed: {exc.one_line()}",
+            "status": "failed",
+            "usage": usage_update(ROLE, usage),
+            **failure_update(exc),
+        }
+    usable = written if unusable_answer_reason(written) is None else ""
+    if completed:
         report = state.get("report")
-        answer = (
-            report["message"] if completed and report else f"Could not complete the task. {ending}"
-        )
-    emit("answered", "answer written", status="completed" if completed else "incomplete")
-    return {
-        "answer": answer,
-        "status": "completed" if completed else "incomplete",
-        "usage": usage_update(ROLE, usage),
-    }
+        answer = usable or (report["message"] if report else "")
+    else:
+        answer = f"Could not complete the task: {ending}"
+        if usable:
+            answer += f"\n\n{usable}"
+    status = "completed" if completed else "incomplete"
+    emit("answered", "answer written", status=status)
+    return {"answer": answer, "status": status, "usage": usage_update(ROLE, usage)}

@@ -19,11 +19,13 @@ from pydantic import BaseModel, Field
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import Candidate, EpisodeState, ToolRequest
+from insitu.llm import ModelEndpointError
 from insitu.nodes.common import (
     ask_role,
     compact_json,
+    failure_update,
     files_section,
-    prompt_message,
+    prompt_messages,
     settings,
     usage_update,
 )
@@ -184,7 +186,7 @@ def manager_messages(
     freeze_rule = (
         "The library is frozen for this run: request nothing." if context.freeze_library else ""
     )
-    return prompt_message(
+    return prompt_messages(
         "manager",
         task=state["task"],
         files=files_section(state.get("files")),
@@ -202,7 +204,8 @@ def plan_task(
 
     Returns:
         Update: ``rounds``, ``candidates``, ``bound_tools``, ``guidance``,
-        ``requests`` and usage; or ``plan_error`` when no usable plan came back.
+        ``requests`` and usage; or ``plan_error`` when no usable plan came back;
+        or ``failure`` when the model endpoint failed.
     """
     context = settings(runtime)
     rounds = state.get("rounds", 0) + 1
@@ -225,10 +228,20 @@ def plan_task(
     except StructuredOutputError as exc:
         return {
             "rounds": rounds,
+            "replans_left": context.max_rounds - rounds,
             "candidates": candidates,
             "requests": [],
             "plan_error": f"the Manager gave no usable plan: {exc}",
             "usage": usage_update(ROLE, usage),
+        }
+    except ModelEndpointError as exc:
+        return {
+            "rounds": rounds,
+            "replans_left": context.max_rounds - rounds,
+            "candidates": candidates,
+            "requests": [],
+            "usage": usage_update(ROLE, usage),
+            **failure_update(exc),
         }
     decision: ManagerDecision = asked.value
     requests = [
@@ -245,6 +258,7 @@ def plan_task(
     )
     return {
         "rounds": rounds,
+        "replans_left": context.max_rounds - rounds,
         "candidates": candidates,
         "bound_tools": decision.bind,
         "guidance": decision.guidance,

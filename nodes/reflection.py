@@ -20,11 +20,12 @@ from langgraph.runtime import Runtime
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeMetrics, EpisodeState
-from insitu.nodes.common import prompt_message, settings, usage_update
+from insitu.llm import ModelEndpointError
+from insitu.nodes.common import ask_text, model_caller, prompt_messages, settings, usage_update
 from insitu.nodes.executor import TOOL_FAULTS
 from insitu.nodes.tool_developer import BuildError, local_record, repair_tool, scratch_dir_for
 from insitu.services import Services
-from insitu.structured import TokenUsage, message_text
+from insitu.structured import TokenUsage
 from insitu.tool_store import ChangeSet, ToolRecord
 from insitu.tool_store.changes import CallRecord, calls_digest
 from insitu.tool_store.errors import StoreError, ToolNotFoundError
@@ -92,9 +93,13 @@ def failing_library_tools(state: EpisodeState) -> dict[str, dict[str, Any]]:
 def repair_failed_tools(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
-    """Try to repair library tools that failed in this episode (not locked ones)."""
+    """Try to repair library tools that failed in this episode (not locked ones).
+
+    Skipped when the episode's model endpoint failed; an endpoint failure here
+    stops the repairs (the episode's answer stands).
+    """
     context = settings(runtime)
-    if context.freeze_library:
+    if context.freeze_library or state.get("failure"):
         return {}
     store = services.store(context)
     repaired: dict[str, dict[str, Any]] = {}
@@ -112,16 +117,18 @@ def repair_failed_tools(
             spec = repair_tool(
                 base,
                 failing_call,
-                model=services.chat_model(ROLE, context),
+                call=model_caller(ROLE, services, context, usage),
                 sandbox=services.sandbox(context),
                 scratch_dir=scratch_dir_for(workdir),
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
-                usage=usage,
             )
         except BuildError as exc:
             emit("repair_failed", f"could not repair {name}: {exc.reason[:160]}", tool=name)
             continue
+        except ModelEndpointError as exc:
+            emit("repair_failed", f"repairs stopped: {exc.one_line()}", tool=name)
+            break
         record = local_record(
             spec,
             task_id=state["task_id"],
@@ -226,20 +233,27 @@ def summarize_episode(
         or "(no tools)"
     )
     usage = TokenUsage()
-    try:
-        reply = services.chat_model(ROLE, context).invoke(
-            prompt_message(
-                "reflection",
-                task=state["task"][:2000],
-                status=state.get("status", "incomplete"),
-                answer=(state.get("answer") or "")[:1500],
-                tools=tools_text,
+    failure = state.get("failure")
+    if failure:  # the endpoint is known to be failing: do not ask it for a note
+        note = f"(no reflection: the episode failed: {failure['message']})"
+    else:
+        try:
+            note = ask_text(
+                ROLE,
+                services,
+                context,
+                prompt_messages(
+                    "reflection",
+                    task=state["task"][:2000],
+                    status=state.get("status", "incomplete"),
+                    answer=(state.get("answer") or "")[:1500],
+                    tools=tools_text,
+                ),
+                usage,
             )
-        )
-        usage.add_response(reply)
-        note = message_text(reply).strip()
-    except Exception as exc:  # a note is not worth failing an answered task
-        note = f"(no reflection: the model call failed: {exc})"
+        except ModelEndpointError as exc:  # a note is not worth failing an answered task
+            emit("endpoint_failed", f"no reflection note: {exc.one_line()}", role=ROLE)
+            note = f"(no reflection: {exc.one_line()})"
     return {
         "metrics": metrics,
         "tools_used": used,

@@ -11,22 +11,39 @@ call that failed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import BuildFailure, EpisodeState, ToolRequest
-from insitu.nodes.common import compact_json, render_prompt, settings, usage_update
+from insitu.llm import ModelEndpointError
+from insitu.nodes.common import (
+    compact_json,
+    failure_update,
+    model_caller,
+    prompt_messages,
+    settings,
+    usage_update,
+)
 from insitu.sandbox import Sandbox
 from insitu.services import Services
-from insitu.structured import StructuredOutputError, TokenUsage, code_blocks, message_text
+from insitu.structured import (
+    StructuredOutputError,
+    TokenUsage,
+    clean_reply_text,
+    code_blocks,
+    is_truncated,
+    message_text,
+    unreadable_reason,
+)
 from insitu.tool_store.admission import AdmissionError, admit_tool
 from insitu.tool_store.contract import ToolRecord, ToolSpec, ToolTest
 
@@ -80,14 +97,13 @@ def parse_tool_reply(text: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def develop_tool(
-    prompt: str,
+    prompt: list[BaseMessage],
     *,
     name: str,
-    model: BaseChatModel,
+    call: Callable[[Sequence[BaseMessage]], AIMessage],
     sandbox: Sandbox,
     scratch_dir: Path,
     max_attempts: int,
-    usage: TokenUsage,
     kept_tests: list[ToolTest] | None = None,
     extra_checks: list[dict[str, Any]] | None = None,
     extra_workdir: Path | None = None,
@@ -99,13 +115,13 @@ def develop_tool(
     union of tests) and stay with it; ``extra_checks`` must pass but are not kept.
 
     Args:
-        prompt: The full request (from a prompt file).
+        prompt: The request (system and user message, from a prompt file).
         name: The name the tool must have.
-        model: The model that writes the code.
+        call: Asks the model that writes the code (``messages -> reply``, see
+            :func:`insitu.nodes.common.model_caller`; it counts the tokens).
         sandbox: Runs the checks.
         scratch_dir: Where temporary test directories are made.
         max_attempts: Model calls allowed.
-        usage: Accumulates token usage.
         kept_tests: Tests that must pass and are kept.
         extra_checks: Calls that must succeed, not kept.
         extra_workdir: Directory for ``extra_checks``.
@@ -115,18 +131,23 @@ def develop_tool(
 
     Raises:
         BuildError: With the last reason, after ``max_attempts``.
+        ModelEndpointError: The model endpoint failed (the build cannot go on).
     """
-    messages: list[BaseMessage] = [HumanMessage(content=prompt)]
+    messages: list[BaseMessage] = list(prompt)
     reason = "no attempt was made"
     for attempt in range(1, max_attempts + 1):
         emit("building", f"building tool {name} (attempt {attempt})", tool=name, attempt=attempt)
+        reply = call(messages)
+        text = clean_reply_text(message_text(reply))
         try:
-            reply = model.invoke(messages)
-        except Exception as exc:  # endpoint failures end this build, not the episode
-            raise BuildError(name, f"the model call failed: {exc}", attempt) from None
-        usage.add_response(reply)
-        text = message_text(reply)
-        try:
+            unreadable = unreadable_reason(reply)
+            if unreadable:
+                raise StructuredOutputError(unreadable)
+            if is_truncated(reply):
+                raise StructuredOutputError(
+                    "the reply was cut off at the output-token limit; write a shorter module "
+                    "(no comments or docstrings beyond the description) and fewer tests."
+                )
             source, cases = parse_tool_reply(text)
             cases = _with_kept_tests(cases, kept_tests or [])
             spec = admit_tool(
@@ -138,8 +159,8 @@ def develop_tool(
                 extra_checks=extra_checks or (),
                 extra_workdir=extra_workdir,
             )
-        except (StructuredOutputError, AdmissionError, ValueError) as exc:
-            reason = str(exc)
+        except (StructuredOutputError, AdmissionError, ValueError, RecursionError) as exc:
+            reason = str(exc) or type(exc).__name__
             emit("rejected", f"tool {name} rejected: {' '.join(reason.split())[:200]}", tool=name)
             messages += [
                 AIMessage(content=text or "(empty reply)"),
@@ -161,9 +182,9 @@ def _with_kept_tests(cases: list[dict[str, Any]], kept: list[ToolTest]) -> list[
     return [c for c in cases if c.get("name") not in kept_names] + [t.model_dump() for t in kept]
 
 
-def new_tool_prompt(request: ToolRequest, task: str) -> str:
+def new_tool_prompt(request: ToolRequest, task: str) -> list[BaseMessage]:
     """Render the ToolDeveloper prompt for a new tool."""
-    return render_prompt(
+    return prompt_messages(
         "tool_developer",
         name=request["name"],
         description=request["description"],
@@ -174,9 +195,9 @@ def new_tool_prompt(request: ToolRequest, task: str) -> str:
     )
 
 
-def repair_prompt(record: ToolRecord, failing_call: dict[str, Any]) -> str:
+def repair_prompt(record: ToolRecord, failing_call: dict[str, Any]) -> list[BaseMessage]:
     """Render the ToolDeveloper prompt for repairing ``record`` after a failing call."""
-    return render_prompt(
+    return prompt_messages(
         "tool_repair",
         name=record.name,
         description=record.description,
@@ -200,26 +221,25 @@ def repair_tool(
     record: ToolRecord,
     failing_call: dict[str, Any],
     *,
-    model: BaseChatModel,
+    call: Callable[[Sequence[BaseMessage]], AIMessage],
     sandbox: Sandbox,
     scratch_dir: Path,
     workdir: Path,
     max_attempts: int,
-    usage: TokenUsage,
 ) -> ToolSpec:
     """Write a new version of ``record`` that passes its old tests and the failing call.
 
     Raises:
         BuildError: The repair did not pass within ``max_attempts``.
+        ModelEndpointError: The model endpoint failed.
     """
     return develop_tool(
         repair_prompt(record, failing_call),
         name=record.name,
-        model=model,
+        call=call,
         sandbox=sandbox,
         scratch_dir=scratch_dir,
         max_attempts=max_attempts,
-        usage=usage,
         kept_tests=list(record.tests),
         extra_checks=[failing_call_check(failing_call)],
         extra_workdir=workdir,
@@ -271,14 +291,26 @@ def scratch_dir_for(workdir: Path) -> Path:
     return workdir.parent / f".{workdir.name}-scratch"
 
 
+@dataclass
+class BuildResult:
+    """What building (or repairing) one requested tool came to."""
+
+    request: ToolRequest
+    usage: TokenUsage
+    record: ToolRecord | None = None
+    failure: BuildFailure | None = None
+    endpoint_error: ModelEndpointError | None = None
+    is_library_repair: bool = False
+
+
 def _build_one(
     request: ToolRequest,
     state: EpisodeState,
     services: Services,
     context: InsituContext,
-) -> tuple[ToolRequest, ToolRecord | None, BuildFailure | None, TokenUsage, bool]:
+) -> BuildResult:
     usage = TokenUsage()
-    model = services.chat_model(ROLE, context)
+    call = model_caller(ROLE, services, context, usage)
     sandbox = services.sandbox(context)
     workdir = Path(state["workdir"])
     scratch = scratch_dir_for(workdir)
@@ -289,12 +321,11 @@ def _build_one(
             spec = repair_tool(
                 base,
                 request.get("failing_call", {}),
-                model=model,
+                call=call,
                 sandbox=sandbox,
                 scratch_dir=scratch,
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
-                usage=usage,
             )
             record = local_record(
                 spec,
@@ -303,23 +334,24 @@ def _build_one(
                 origin="generated" if is_local else "repaired",
                 cost_tokens=usage.total_tokens,
             )
-            return request, record, None, usage, not is_local
+            return BuildResult(request, usage, record=record, is_library_repair=not is_local)
         spec = develop_tool(
             new_tool_prompt(request, state["task"]),
             name=request["name"],
-            model=model,
+            call=call,
             sandbox=sandbox,
             scratch_dir=scratch,
             max_attempts=context.max_build_attempts,
-            usage=usage,
         )
         record = local_record(spec, task_id=task_id, cost_tokens=usage.total_tokens)
-        return request, record, None, usage, False
+        return BuildResult(request, usage, record=record)
     except BuildError as exc:
         failure = BuildFailure(
             name=request["name"], reason=exc.reason[-1500:], attempts=exc.attempts
         )
-        return request, None, failure, usage, False
+        return BuildResult(request, usage, failure=failure)
+    except ModelEndpointError as exc:
+        return BuildResult(request, usage, endpoint_error=exc)
 
 
 def build_tools(
@@ -345,28 +377,35 @@ def build_tools(
     repaired: dict[str, dict[str, Any]] = {}
     failures: list[BuildFailure] = []
     usage = TokenUsage()
-    for _request, record, failure, one_usage, is_library_repair in results:
-        usage.add(one_usage)
-        if record is None:
-            assert failure is not None
-            failures.append(failure)
+    endpoint_error: ModelEndpointError | None = None
+    for result in results:
+        usage.add(result.usage)
+        if result.endpoint_error is not None:
+            endpoint_error = endpoint_error or result.endpoint_error
+        elif result.record is None:
+            assert result.failure is not None
+            failures.append(result.failure)
             emit(
                 "build_failed",
-                f"could not build {failure['name']}: {failure['reason'].splitlines()[0][:160]}",
-                tool=failure["name"],
+                f"could not build {result.failure['name']}: "
+                f"{result.failure['reason'].splitlines()[0][:160]}",
+                tool=result.failure["name"],
             )
-            continue
-        (repaired if is_library_repair else local)[record.name] = record.model_dump(mode="json")
+        else:
+            pool = repaired if result.is_library_repair else local
+            pool[result.record.name] = result.record.model_dump(mode="json")
     bound = list(state.get("bound_tools") or [])
     bound += [name for name in [*local, *repaired] if name not in bound]
     repairs = state.get("repairs", 0) + sum(1 for r in requests if "repair_of" in r)
+    # Tools admitted before an endpoint failure are kept: reflection commits them.
     return {
         "requests": [],
         "local_tools": local,
         "repaired_tools": repaired,
         "bound_tools": bound,
         "build_failures": failures,
-        "build_outcome": "failed" if failures else "ready",
+        "build_outcome": "failed" if failures or endpoint_error else "ready",
         "repairs": repairs,
         "usage": usage_update(ROLE, usage),
+        **(failure_update(endpoint_error) if endpoint_error else {}),
     }

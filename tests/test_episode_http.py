@@ -34,10 +34,23 @@ def test_episode_over_the_openai_protocol(run_episode, store, monkeypatch) -> No
     # Per-role model names reached the endpoint.
     models = {r["model"] for r in requests}
     assert {"manager-model", "executor-model"} <= models
-    # The executor's requests carried the bound tool and the report tools as functions.
-    executor_tools = next(r["tools"] for r in requests if r["model"] == "executor-model")
-    names = {t["function"]["name"] for t in executor_tools}
+    # A preflight request (1 token) per distinct model, then a tool-calling probe.
+    assert [r.get("max_tokens") for r in requests[:2]] == [1, 1]
+    probe = next(r for r in requests if r.get("tools") and len(r["tools"]) == 1)
+    assert probe["tools"][0]["function"]["name"] == "record_number"
+    # The executor's requests carried the bound tool and the report tools as functions,
+    # with tool_choice sent explicitly and the role's instructions as a system message.
+    executor = [r for r in requests if r["model"] == "executor-model" and r.get("tools")]
+    executor = [r for r in executor if r is not probe]
+    names = {t["function"]["name"] for t in executor[0]["tools"]}
     assert names == {"compute_date_difference", "report_missing_capability", "report_broken_tool"}
+    assert executor[0]["tool_choice"] == "auto"
+    assert executor[0]["messages"][0]["role"] == "system"
+    assert executor[0]["messages"][0]["content"].startswith("You are the Executor")
+    # Every request is bounded: max_tokens (read by local servers) and max_completion_tokens.
+    for request in requests:
+        assert request["max_tokens"] == request["max_completion_tokens"] > 0
+    assert {r["max_tokens"] for r in requests if r["model"] == "executor-model"} >= {1024}
     # Token usage came from the server's usage fields, per role.
     assert result.usage["manager"]["calls"] == 1
     assert result.usage["tool_developer"]["calls"] == 2

@@ -12,7 +12,7 @@ from langchain_core.messages import BaseMessage
 from insitu.api import run_task, sqlite_checkpointer
 from insitu.graphs.episode import compile_episode_graph
 from insitu.testing import ScriptedChatModel
-from insitu.testing.team import ScriptedTeam
+from insitu.testing.team import ScriptedTeam, prompt_text
 from insitu.tool_store import ChangeSet, ToolStore
 from insitu.tool_store.testing import make_spec
 
@@ -39,7 +39,7 @@ def manager_prompt(store: ToolStore, tmp_path: Path) -> str:
     prompts: list[str] = []
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        text = str(messages[0].content)
+        text = prompt_text(messages)
         if text.startswith("You are the Manager"):
             prompts.append(text)
         return team.respond(messages, tools)

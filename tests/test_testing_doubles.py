@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 import urllib.error
@@ -27,15 +28,25 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel
 
 from insitu.testing import (
+    MALFORMED_CATEGORIES,
+    Drop,
     Empty,
     HTTPError,
     ScriptedChatModel,
     ScriptedOpenAIServer,
     ScriptExhaustedError,
+    Slow,
     Truncated,
+    labelled_malformed_replies,
+    malformed_replies,
+    malformed_reply,
+    malformed_responder,
     normalize_reply,
+    random_malformed_reply,
     reply,
+    split_delay,
 )
+from insitu.testing.fuzz import DEEP_NESTING
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -478,3 +489,103 @@ def test_server_stop_is_clean_and_idempotent() -> None:
         _ = server.base_url
     time.sleep(0.1)
     assert threading.active_count() <= threads_before
+
+
+# --------------------------------------------------------------------------- chaos reply forms
+
+
+def test_slow_drop_and_http_error_factories() -> None:
+    assert normalize_reply(Slow(5, "late")).content == "late"
+    assert normalize_reply(Slow(5)).content == ""
+    assert split_delay(Slow(1, Slow(0.5, "x"))) == (1.5, "x")
+    assert split_delay("x") == (0.0, "x")
+    with pytest.raises(ValueError, match=">= 0"):
+        Slow(-1)
+    with pytest.raises(ValueError, match=">= 0"):
+        Slow(float("nan"))
+    with pytest.raises(Drop):
+        normalize_reply(Drop())
+    with pytest.raises(HTTPError):
+        normalize_reply(Slow(1, HTTPError(500)))
+    assert isinstance(Drop(), ConnectionError)
+
+    limited = HTTPError.rate_limited(2)
+    assert (limited.status, limited.headers) == (429, {"Retry-After": "2"})
+    missing = HTTPError.model_not_found("gpt-x")
+    assert (missing.status, missing.code, missing.type) == (
+        404,
+        "model_not_found",
+        "invalid_request_error",
+    )
+    assert "`gpt-x` does not exist" in missing.message
+
+
+def test_model_sleeps_for_slow_and_raises_drop() -> None:
+    model = ScriptedChatModel([Slow(0.2, "late"), Drop(), Slow(0.2, "async late")])
+    start = time.perf_counter()
+    assert model.invoke("a").content == "late"
+    assert time.perf_counter() - start >= 0.19
+    with pytest.raises(ConnectionError, match="dropped"):
+        model.invoke("b")
+    start = time.perf_counter()
+    assert asyncio.run(model.ainvoke("c")).content == "async late"
+    assert time.perf_counter() - start >= 0.19
+
+
+def test_arguments_nested_past_the_recursion_limit_are_invalid_not_a_crash() -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    normalized = normalize_reply({"tool_calls": [{"name": "f", "arguments": deep}]})
+    assert normalized.tool_calls[0].args is None
+    message = ScriptedChatModel([{"tool_calls": [{"name": "f", "arguments": deep}]}]).invoke("x")
+    assert message.tool_calls == [] and message.invalid_tool_calls[0]["name"] == "f"
+
+
+# --------------------------------------------------------------------------- malformed replies
+
+
+def test_malformed_replies_cover_every_category_deterministically() -> None:
+    count = 2000
+    first = labelled_malformed_replies(seed=1234)
+    again = labelled_malformed_replies(seed=1234)
+    other = malformed_replies(seed=4321)
+    seen: dict[str, int] = {}
+    differs = False
+    for _ in range(count):
+        category, value = next(first)
+        assert next(again) == (category, value)
+        differs = differs or next(other) != value
+        seen[category] = seen.get(category, 0) + 1
+        if isinstance(value, BaseException):
+            continue
+        normalized = normalize_reply(value)
+        assert isinstance(normalized.text, str)
+    assert set(seen) == set(MALFORMED_CATEGORIES)
+    assert differs
+    assert min(seen.values()) >= count // len(MALFORMED_CATEGORIES) - 1
+
+
+def test_malformed_reply_helpers() -> None:
+    rng = random.Random(5)
+    for category in MALFORMED_CATEGORIES:
+        normalize_reply(malformed_reply(category, rng))
+    assert malformed_reply("empty_string", rng) == ""
+    assert isinstance(malformed_reply("empty_form", rng), Empty)
+    manager = json.loads(malformed_reply("manager_wrong_types", random.Random(0)))
+    assert manager != {"bind": [], "requests": []}
+    loop = malformed_reply("tool_infinite_loop", random.Random(0))
+    assert "while True:" in loop and "```python" in loop and "```json" in loop
+    for seed in range(6):
+        deep = malformed_reply("deep_braces", random.Random(seed))
+        text = deep if isinstance(deep, str) else deep["tool_calls"][0]["arguments"]
+        assert '{"a":' * DEEP_NESTING in text
+    prose = random_malformed_reply(random.Random(9), ["give_up_prose"])
+    assert isinstance(prose, str) and prose == random_malformed_reply(
+        random.Random(9), ["give_up_prose"]
+    )
+    with pytest.raises(ValueError, match="unknown malformed-reply categories"):
+        malformed_reply("nope", rng)
+    with pytest.raises(ValueError, match="no malformed-reply categories"):
+        next(malformed_replies(1, categories=[]))
+
+    model = ScriptedChatModel(malformed_responder(seed=3, categories=["whitespace", "empty_form"]))
+    assert all(not model.invoke(str(i)).content.strip() for i in range(6))

@@ -2,29 +2,54 @@
 
 - :class:`ScriptedChatModel`: a LangChain chat model that replies from a script.
 - :class:`ScriptedOpenAIServer`: a loopback OpenAI-protocol HTTP server that
-  replies from a script, for exercising the real ``ChatOpenAI`` client.
-- :func:`reply`, :class:`HTTPError`, :class:`Truncated`, :class:`Empty`: reply
-  forms both understand.
+  replies from a script, for exercising the real ``ChatOpenAI`` client; it can
+  also misbehave (errors, slowness, dropped connections, ignored tools, outages).
+- :func:`reply`, :class:`HTTPError`, :class:`Truncated`, :class:`Empty`,
+  :class:`Slow`, :class:`Drop`: reply forms both understand.
+- :func:`malformed_replies` and friends (:mod:`insitu.testing.fuzz`): seeded
+  hostile and malformed replies for robustness tests.
 """
 
+from insitu.testing.fuzz import (
+    CATEGORIES as MALFORMED_CATEGORIES,
+)
+from insitu.testing.fuzz import (
+    labelled_malformed_replies,
+    malformed_replies,
+    malformed_reply,
+    malformed_responder,
+    random_malformed_reply,
+)
 from insitu.testing.openai_server import ScriptedOpenAIServer
 from insitu.testing.scripted import (
+    Drop,
     Empty,
     HTTPError,
     ScriptedChatModel,
     ScriptExhaustedError,
+    Slow,
     Truncated,
     normalize_reply,
     reply,
+    split_delay,
 )
 
 __all__ = [
+    "MALFORMED_CATEGORIES",
+    "Drop",
     "Empty",
     "HTTPError",
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "ScriptedOpenAIServer",
+    "Slow",
     "Truncated",
+    "labelled_malformed_replies",
+    "malformed_replies",
+    "malformed_reply",
+    "malformed_responder",
     "normalize_reply",
+    "random_malformed_reply",
     "reply",
+    "split_delay",
 ]

@@ -20,8 +20,14 @@ function that normalises them, :func:`normalize_reply`. A reply may be:
 - an :class:`~langchain_core.messages.AIMessage`;
 - :class:`Truncated` (cut off at the token limit, finish reason ``"length"``) or
   :class:`Empty` (an empty reply);
+- :class:`Slow` ``(seconds, reply)``: ``reply``, after a wait (the scripted model
+  sleeps; the scripted server waits, giving up early when the client has gone);
 - an exception instance, which is raised instead of replying (an
-  :class:`HTTPError` becomes that HTTP status on the scripted server).
+  :class:`HTTPError` becomes that HTTP status on the scripted server, and
+  :class:`Drop` makes it close the connection without any response).
+
+A dict reply may also set ``"finish_reason"`` (e.g. ``"length"`` for tool calls
+cut off mid-arguments).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, PrivateAttr
 
 __all__ = [
+    "Drop",
     "Empty",
     "HTTPError",
     "NormalizedReply",
@@ -65,10 +72,12 @@ __all__ = [
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "ScriptedToolCall",
+    "Slow",
     "Truncated",
     "estimate_tokens",
     "normalize_reply",
     "reply",
+    "split_delay",
 ]
 
 # --------------------------------------------------------------------------- reply forms
@@ -109,6 +118,50 @@ class HTTPError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
+    @classmethod
+    def rate_limited(
+        cls, retry_after_s: float = 1, message: str = "Rate limit reached; try again later."
+    ) -> HTTPError:
+        """An HTTP 429 with a ``Retry-After`` header, as OpenAI sends when rate limited.
+
+        Args:
+            retry_after_s: The seconds given in ``Retry-After``.
+            message: The error message.
+
+        Returns:
+            The error reply.
+        """
+        return cls(429, message, headers={"Retry-After": f"{retry_after_s:g}"})
+
+    @classmethod
+    def model_not_found(cls, model: str) -> HTTPError:
+        """An HTTP 404 for an unknown model, with OpenAI's body (code ``model_not_found``).
+
+        Args:
+            model: The model id the client asked for.
+
+        Returns:
+            The error reply.
+        """
+        return cls(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            type="invalid_request_error",
+            code="model_not_found",
+        )
+
+
+class Drop(ConnectionError):
+    """A dropped connection: the scripted server closes the socket without any response.
+
+    It is an exception, so a responder may return or raise it; the client sees a
+    connection error (``openai.APIConnectionError`` through ``ChatOpenAI``). A
+    :class:`ScriptedChatModel` raises it as it is (a ``ConnectionError``).
+    """
+
+    def __init__(self, message: str = "scripted dropped connection") -> None:
+        super().__init__(message)
+
 
 @dataclass(frozen=True)
 class Truncated:
@@ -124,6 +177,45 @@ class Truncated:
 @dataclass(frozen=True)
 class Empty:
     """An empty reply: no text and no tool calls (finish reason ``"stop"``)."""
+
+
+@dataclass(frozen=True)
+class Slow:
+    """A reply that comes only after a wait, e.g. longer than the client's timeout.
+
+    The scripted model sleeps for ``seconds`` and then replies. The scripted
+    server waits at most ``seconds``, giving up as soon as the client has closed
+    the connection or the server is stopped (so an abandoned request never holds
+    a thread for longer than that).
+
+    Attributes:
+        seconds: How long to wait (>= 0).
+        reply: The reply (any reply form, including an exception) after the wait.
+    """
+
+    seconds: float
+    reply: Any = Empty()
+
+    def __post_init__(self) -> None:
+        if not self.seconds >= 0:
+            raise ValueError(f"Slow seconds must be >= 0, got {self.seconds!r}")
+
+
+def split_delay(value: Any) -> tuple[float, Any]:
+    """Separate a reply's wait from the reply itself.
+
+    Args:
+        value: Any reply form; :class:`Slow` wrappers (even nested) are unwrapped.
+
+    Returns:
+        ``(seconds to wait, the reply to give after it)``; ``(0.0, value)`` for
+        anything that is not :class:`Slow`.
+    """
+    seconds = 0.0
+    while isinstance(value, Slow):
+        seconds += value.seconds
+        value = value.reply
+    return seconds, value
 
 
 @dataclass(frozen=True)
@@ -243,7 +335,8 @@ def _normalize_tool_call(raw: Any, position: int) -> ScriptedToolCall:
         arguments = value
         try:
             parsed = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
+            # Nesting deeper than the decoder's recursion limit is as unusable as bad JSON.
             parsed = None
         args = parsed if isinstance(parsed, dict) else None
     else:
@@ -267,7 +360,9 @@ def normalize_reply(value: Any) -> NormalizedReply:
 
     Args:
         value: A ``str``, reply ``dict``, ``AIMessage``, :class:`Truncated`,
-            :class:`Empty`, or an exception instance.
+            :class:`Empty`, :class:`Slow` (its reply is normalised; waiting is
+            the caller's business, see :func:`split_delay`), or an exception
+            instance.
 
     Returns:
         The normalised reply. Tool calls without an id get a generated one.
@@ -276,6 +371,7 @@ def normalize_reply(value: Any) -> NormalizedReply:
         BaseException: ``value`` itself, if it is an exception instance.
         TypeError: If ``value`` is not an accepted form (e.g. ``None``).
     """
+    _, value = split_delay(value)
     if isinstance(value, BaseException):
         raise value
     if isinstance(value, str):
@@ -311,8 +407,8 @@ def normalize_reply(value: Any) -> NormalizedReply:
         finish = value.get("finish_reason") or ("tool_calls" if calls else "stop")
         return NormalizedReply(content=content, tool_calls=calls, finish_reason=finish)
     raise TypeError(
-        f"a scripted reply must be a str, dict, AIMessage, Truncated, Empty or an exception "
-        f"instance, got {type(value).__name__}: {value!r}"
+        f"a scripted reply must be a str, dict, AIMessage, Truncated, Empty, Slow or an "
+        f"exception instance, got {type(value).__name__}: {value!r}"
     )
 
 
@@ -581,13 +677,33 @@ class ScriptedChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ replying
 
-    def _next_message(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+    def _next_reply(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> tuple[float, Any]:
+        """Record the call and take its reply from the script, as ``split_delay`` returns it."""
         tools = list(kwargs.get("tools") or [])
         with self._calls_lock:
             self._calls.append(list(messages))
             self._call_tools.append(tools)
-        normalized = normalize_reply(self._script.next(list(messages), tools))
-        return self._to_message(normalized, messages)
+        return split_delay(self._script.next(list(messages), tools))
+
+    def _next_message(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+        """The next reply as a message, after sleeping out the latency and any ``Slow`` wait."""
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        delay, raw = self._next_reply(messages, kwargs)
+        if delay:
+            time.sleep(delay)
+        return self._to_message(normalize_reply(raw), messages)
+
+    async def _anext_message(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> AIMessage:
+        """As :meth:`_next_message`, waiting with ``asyncio.sleep``."""
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        delay, raw = self._next_reply(messages, kwargs)
+        if delay:
+            await asyncio.sleep(delay)
+        return self._to_message(normalize_reply(raw), messages)
 
     def _to_message(self, normalized: NormalizedReply, messages: list[BaseMessage]) -> AIMessage:
         calls, invalid = [], []
@@ -647,8 +763,6 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.latency_s:
-            time.sleep(self.latency_s)
         return ChatResult(
             generations=[ChatGeneration(message=self._next_message(messages, kwargs))]
         )
@@ -660,11 +774,8 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        return ChatResult(
-            generations=[ChatGeneration(message=self._next_message(messages, kwargs))]
-        )
+        message = await self._anext_message(messages, kwargs)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
         self,
@@ -673,8 +784,6 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if self.latency_s:
-            time.sleep(self.latency_s)
         yield self._to_chunk(self._next_message(messages, kwargs))
 
     async def _astream(
@@ -684,6 +793,4 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        yield self._to_chunk(self._next_message(messages, kwargs))
+        yield self._to_chunk(await self._anext_message(messages, kwargs))

@@ -19,6 +19,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from insitu.llm import PROBE_SYSTEM
+
+#: The heading that the Executor's text protocol adds to its prompt.
+TEXT_PROTOCOL_HEADING = "## How to call a tool"
 SCRIPTED_LABEL = "scripted demo model — set OPENAI_BASE_URL/OPENAI_API_KEY for real runs"
 
 
@@ -190,6 +194,16 @@ def _text(message: BaseMessage) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
+def prompt_text(messages: Sequence[BaseMessage]) -> str:
+    """The prompt a role was given: its system and user messages before any reply."""
+    parts = []
+    for message in messages:
+        if isinstance(message, AIMessage | ToolMessage):
+            break
+        parts.append(_text(message))
+    return "\n\n".join(parts)
+
+
 def _tool_names(tools: Sequence[dict[str, Any]]) -> set[str]:
     """Names of bound tools, in LangChain's or OpenAI's dict form."""
     return {(t.get("function") or t).get("name", "") for t in tools}
@@ -245,8 +259,19 @@ class ScriptedTeam:
         return None
 
     def respond(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Any:
-        """Reply as whichever role the prompt addresses."""
-        first = _text(messages[0]) if messages else ""
+        """Reply as whichever role the prompt addresses.
+
+        The prompt is the role's system message and the request's user message
+        (read together); a tool-calling probe is answered with the probe's call.
+        """
+        first = prompt_text(messages)
+        if first.startswith(PROBE_SYSTEM):
+            if "record_number" in _tool_names(tools):
+                return {
+                    "content": "",
+                    "tool_calls": [{"name": "record_number", "args": {"value": 7}}],
+                }
+            return '{"tool": "record_number", "arguments": {"value": 7}}'
         for marker, role in (
             ("You are the Manager", "manager"),
             ("You are the ToolDeveloper", "tool_developer"),
@@ -258,6 +283,8 @@ class ScriptedTeam:
             if first.startswith(marker):
                 with self._lock:
                     self.role_calls[role] = self.role_calls.get(role, 0) + 1
+                if role == "executor" and TEXT_PROTOCOL_HEADING in first:
+                    return self._executor_in_text(first, messages)
                 if role == "executor" and "run_python" in _tool_names(tools):
                     return self._interpreter(first, messages)
                 return getattr(self, f"_{role}")(first, messages)
@@ -336,6 +363,22 @@ class ScriptedTeam:
             }
         output = json.loads(_text(last))
         return f"Result: {capability.answer(output)}"
+
+    def _executor_in_text(self, prompt: str, messages: list[BaseMessage]) -> str:
+        """The Executor through the text protocol: JSON actions, results in user messages."""
+        found = self.capability_for(_section(prompt, "Task"))
+        if found is None:
+            return json.dumps({"answer": "I could not find a way to compute this."})
+        capability, match = found
+        results = [
+            _text(m).split("\n", 1)[1]
+            for m in messages[2:]
+            if isinstance(m, HumanMessage) and _text(m).startswith("Result of ")
+        ]
+        if not results or results[-1].startswith("ERROR"):
+            call = {"tool": capability.name, "arguments": capability.arguments(match)}
+            return json.dumps(call)
+        return json.dumps({"answer": f"Result: {capability.answer(json.loads(results[-1]))}"})
 
     def _interpreter(self, prompt: str, messages: list[BaseMessage]) -> Any:
         """The python-interpreter baseline: run the capability's code as a program."""

@@ -1,0 +1,47 @@
+"""Editing state and forking an episode at any node (what Studio's "fork" does).
+
+``update_state(..., as_node=N)`` runs N's outgoing router without the run's
+context, so routers must read state only.
+"""
+
+from __future__ import annotations
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from insitu.graphs.episode import compile_episode_graph
+from insitu.graphs.routes import route_after_building, route_after_execution
+from insitu.testing.team import ScriptedTeam
+
+MEAN_TASK = "What is the mean of 3, 5, 10 and 2?"
+
+
+@pytest.mark.parametrize("node", ["plan_task", "build_tools", "execute_task", "write_answer"])
+def test_every_node_can_be_the_as_node_of_update_state(node, store, sandbox) -> None:
+    graph = compile_episode_graph(
+        checkpointer=InMemorySaver(), models=ScriptedTeam().model(), store=store, sandbox=sandbox
+    )
+    config = {"configurable": {"thread_id": f"fork-{node}"}}
+    context = {"store_dir": str(store.path)}
+    graph.invoke({"task": MEAN_TASK}, config, context=context)
+    # Fork where `node` was about to run: write its update by hand instead, as Studio
+    # does, which runs the node's outgoing router on the edited state.
+    before = next(s for s in graph.get_state_history(config) if s.next == (node,))
+    edit = {"guidance": "edited by hand"}
+    if node == "write_answer":
+        edit = {"answer": "mean 5 (by hand)", "status": "completed"}
+    forked = graph.update_state(before.config, edit, as_node=node)
+    final = graph.invoke(None, forked, context=context)
+    assert final["status"] in ("completed", "incomplete")
+    assert final["answer"]
+
+
+def test_routers_read_state_only() -> None:
+    assert route_after_building({"build_outcome": "failed", "replans_left": 1}) == "plan_task"
+    assert route_after_building({"build_outcome": "failed", "replans_left": 0}) == "write_answer"
+    tool_failed = {"report": {"kind": "tool_failed", "message": "x"}}
+    assert route_after_execution({**tool_failed, "requests": [{"name": "t"}]}) == "build_tools"
+    assert route_after_execution({**tool_failed, "replans_left": 2}) == "plan_task"
+    assert route_after_execution(tool_failed) == "write_answer"
+    failed = {"failure": {"kind": "endpoint"}, "requests": [{"name": "t"}], "replans_left": 3}
+    assert route_after_execution(failed) == "write_answer"
