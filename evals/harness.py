@@ -11,8 +11,10 @@ Systems (the Yunjue report's comparisons):
   tool and no library (the report's batch-size -> infinity baseline).
 
 Each system runs with :func:`insitu.evolve.evolve` into ``RUN_DIR/<system>/``
-(resumable), its predictions are graded (kept in ``predictions.jsonl``), and
-``comparison.json``, ``comparison.md`` and ``report.html`` compare them.
+(resumable), its predictions are graded (kept in ``predictions.jsonl``; a task
+run again counts by its last line), and ``comparison.json``, ``comparison.md``
+and ``report.html`` compare them. A model endpoint outage stops the comparison
+with :class:`insitu.evolve.EndpointOutageError`; running it again resumes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from insitu.evolve import (
     RUN_FILE,
     STEPS_FILE,
     evolve,
+    last_row_per_task,
     read_jsonl,
+    read_predictions,
     summarize_run,
 )
 from insitu.services import open_sandbox
@@ -128,12 +132,15 @@ def grade_predictions(
     *,
     judge_model: BaseChatModel | None = None,
 ) -> None:
-    """Add a ``grade`` to every prediction that has none (rewrites the file atomically)."""
+    """Grade each task's last prediction if it has no ``grade`` (rewrites the file atomically).
+
+    Lines a retry superseded are left ungraded: they count for nothing.
+    """
     path = run_dir / PREDICTIONS_FILE
     rows = read_jsonl(path)
     by_id = {t.id: t for t in tasks}
     changed = False
-    for row in rows:
+    for row in last_row_per_task(rows):
         task = by_id.get(row["id"])
         if "grade" in row or task is None or (task.answer is None and task.grader != "code"):
             continue
@@ -154,7 +161,7 @@ def summarize_system(
 ) -> SystemResult:
     """Compute one system's figures from its run directory."""
     meta = json.loads((run_dir / RUN_FILE).read_text())
-    predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
+    predictions = read_predictions(run_dir)
     steps = read_jsonl(run_dir / STEPS_FILE)
     run = summarize_run(run_dir)
     graded = [p for p in predictions if "grade" in p]
@@ -234,6 +241,7 @@ def run_comparison(
     judge_model: BaseChatModel | None = None,
     prices: str | Path | None = None,
     scripted: bool = False,
+    retry_failed: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_system: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -252,12 +260,18 @@ def run_comparison(
         judge_model: Grades ``judge`` tasks.
         prices: A price table file (default: ``evals/prices.json``).
         scripted: The models are scripted test doubles; every output says so.
+        retry_failed: On resume, run every failed task again, not only those
+            whose model endpoint failed (see :func:`insitu.evolve.evolve`).
         on_event: Progress events of the runs.
         on_system: Called with each system's name as it starts.
 
     Returns:
         The comparison (also written to ``comparison.json`` / ``.md`` and
         ``report.html`` in ``run_dir``).
+
+    Raises:
+        EndpointOutageError: Tasks in a row failed on the model endpoint; the
+            systems' runs so far are kept, and calling again resumes them.
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
@@ -294,6 +308,7 @@ def run_comparison(
             solver=solver,
             tasks_source=suite,
             scripted=scripted,
+            retry_failed=retry_failed,
             on_event=on_event,
         )
         grade_predictions(system_dir, tasks, judge_model=judge_model)

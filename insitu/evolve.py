@@ -8,15 +8,41 @@ A run directory holds:
 
 * ``run.json`` — what the run is (tasks, batch size, store, model, whether the
   model was a scripted test double);
-* ``predictions.jsonl`` — one line per task: answer, status, tools, tokens;
-* ``steps.jsonl`` — one line per batch: library size, tools created / merged /
-  archived, invocations, successes, tool success rate, EGL, tokens, wall time;
-* ``checkpoints.sqlite`` — LangGraph checkpoints of every batch.
+* ``predictions.jsonl`` — one line per task and *pass* (a batch's own run of
+  its tasks, or a later retry pass): ``id``, ``answer``, ``status``, tools,
+  ``tokens`` (spent before a failure too), ``error`` (one line, or null),
+  ``error_kind`` (``endpoint``, ``timeout``, ``internal`` or null), ``failure``
+  (the endpoint's details: role, model, url, status, message), ``batch`` and
+  ``retry`` (0 for the batch's own pass, K for its K-th retry pass). A task
+  that was run again has several lines: **the last line of a task id is its
+  result** (:func:`read_predictions`; every reader goes through
+  :func:`last_row_per_task`);
+* ``steps.jsonl`` — one line per pass, in the order they ran: ``step`` (1, 2, …),
+  ``batch`` and ``retry`` (a retry pass of batch N is ``batch: N, retry: K``),
+  library size, tools created / merged / archived, invocations, successes,
+  tool success rate, cumulative EGL, tokens, wall time, ``failed_tasks`` and
+  ``failures`` by ``error_kind``. ``tasks_processed`` counts distinct tasks: a
+  retry pass adds none;
+* ``checkpoints.sqlite`` — LangGraph checkpoints of every pass: thread
+  ``<run_id>:batch-N``, and ``<run_id>:batch-N:retry-K`` for retry passes.
 
-Killed at any moment, the same call resumes: finished batches are skipped
-(their step line is written last), an interrupted batch resumes from its
-checkpoint (finished episodes are not re-run), the batch's commit is
-idempotent, and predictions are written once per task id.
+Killed at any moment, the same call resumes: finished passes are skipped
+(their step line is written last), an interrupted pass resumes from its
+checkpoint (finished episodes are not re-run), every commit is idempotent (a
+retry pass commits under its own batch id, ``<run_id>-bN-rK``), and a pass
+writes a prediction once per task id. A pass counts as finished only by the
+``finished_at`` marker of its last node, never because its checkpoint has no
+pending nodes (a process killed between the input checkpoint and the first
+step leaves exactly that).
+
+**Outages.** When ``max_consecutive_endpoint_failures`` tasks in a row (in the
+order they ran, across batches) failed on the model endpoint, the run writes
+that pass's predictions and step line and raises
+:class:`EndpointOutageError`. Resuming runs a retry pass, before the batches
+not yet run, for every finished batch holding tasks whose last prediction
+failed on the endpoint (``retry_failed=True``: that failed in any way, and
+always those that earlier versions recorded as "no result" without running
+them); each batch gets at most one retry pass per call.
 """
 
 from __future__ import annotations
@@ -25,19 +51,20 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from insitu.context import ROLES, InsituContext
 from insitu.evolution import egl, tool_success_rate
 from insitu.graphs.state import merge_usage
-from insitu.services import check_model_configuration, open_store
+from insitu.llm import ModelEndpointError, preflight
+from insitu.services import Services, check_model_configuration, open_store
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -50,14 +77,63 @@ RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 STEPS_FILE = "steps.jsonl"
 CHECKPOINTS_FILE = "checkpoints.sqlite"
+#: ``error_kind`` of a task whose model endpoint failed (see ``insitu.nodes.batch``).
+ENDPOINT_FAILURE = "endpoint"
+
+Row = TypeVar("Row")
 
 
 class RunMismatchError(ValueError):
     """The run directory holds another run (other tasks or batch size)."""
 
 
+class EndpointOutageError(ModelEndpointError):
+    """A run stopped because tasks in a row failed on the model endpoint.
+
+    The pass in which it happened was recorded (its predictions say why each
+    task failed); running the same command again resumes the run and runs
+    those tasks again.
+
+    Attributes:
+        failure: The last endpoint failure (``kind``, ``role``, ``model``,
+            ``url``, ``status``, ``message``).
+        failed_in_a_row: How many tasks in a row failed on the endpoint.
+        run_dir: The run's directory.
+    """
+
+    def __init__(
+        self, failure: Mapping[str, Any], failed_in_a_row: int, run_dir: str | Path
+    ) -> None:
+        self.failure = dict(failure)
+        self.failed_in_a_row = failed_in_a_row
+        self.run_dir = str(run_dir)
+        message = str(failure.get("message") or "the model endpoint failed")
+        hint = (
+            "Run the same command again to resume once the endpoint is back: the tasks that "
+            "failed on the endpoint are run again."
+        )
+        super().__init__(
+            role=str(failure.get("role") or "?"),
+            model=str(failure.get("model") or "?"),
+            url=str(failure.get("url") or "?"),
+            status=failure.get("status"),
+            transient=bool(failure.get("transient", False)),
+            reason=message,
+            hint=hint,
+            line=(
+                f"stopped the run in {self.run_dir}: {failed_in_a_row} tasks in a row failed on "
+                f"the model endpoint; the last: {message} {hint}"
+            ),
+        )
+
+
 class EvolveSummary(BaseModel):
-    """What a run did, for the caller and the CLI's final table."""
+    """What a run did, for the caller and the CLI's final table.
+
+    Task counts are of each task's last prediction; ``batches`` counts the
+    batches run (their retry passes are ``retry_passes``); ``tokens`` is all
+    that every pass spent.
+    """
 
     run_dir: str
     batches: int
@@ -65,6 +141,8 @@ class EvolveSummary(BaseModel):
     completed: int
     incomplete: int
     failed: int
+    endpoint_failed: int = 0
+    retry_passes: int = 0
     library_size: int
     egl: float | None
     tool_success_rate: float | None
@@ -108,6 +186,31 @@ def append_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def last_row_per_task(rows: Iterable[Row], key: Callable[[Row], Any] | None = None) -> list[Row]:
+    """Each task's result: its last prediction line, in the order tasks first appear.
+
+    A task run again (a retry pass) has a line per run; the later line supersedes
+    the earlier ones. Every reader of ``predictions.jsonl`` counts tasks this way.
+
+    Args:
+        rows: Prediction rows in file order.
+        key: Row -> task id (default: ``row["id"]``).
+
+    Returns:
+        One row per task id.
+    """
+    by_id: dict[Any, Row] = {}
+    for row in rows:
+        task_id = key(row) if key is not None else row["id"]  # type: ignore[index]
+        by_id[task_id] = row  # a dict keeps a key's first position when its value is replaced
+    return list(by_id.values())
+
+
+def read_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Each task's last prediction in a run directory (see :func:`last_row_per_task`)."""
+    return last_row_per_task(read_jsonl(Path(run_dir) / PREDICTIONS_FILE))
 
 
 # ------------------------------------------------------------------ the run
@@ -165,8 +268,17 @@ def _local_api_if_needed(tasks: Sequence[Task]) -> Iterator[str | None]:
         api.stop()
 
 
-def prediction_row(task: Task, result: Mapping[str, Any], batch: int) -> dict[str, Any]:
-    """One line of ``predictions.jsonl``."""
+def prediction_row(
+    task: Task, result: Mapping[str, Any], batch: int, retry: int = 0
+) -> dict[str, Any]:
+    """One line of ``predictions.jsonl``: a task's result in one pass.
+
+    Args:
+        task: The task.
+        result: Its result from the batch graph.
+        batch: The batch it belongs to.
+        retry: 0 for the batch's own pass, K for its K-th retry pass.
+    """
     return {
         "id": task.id,
         "question": task.question,
@@ -178,7 +290,10 @@ def prediction_row(task: Task, result: Mapping[str, Any], batch: int) -> dict[st
         "tokens": dict(result.get("usage") or {}),
         "metrics": dict(result.get("metrics") or {}),
         "error": result.get("error"),
+        "error_kind": result.get("error_kind"),
+        "failure": result.get("failure"),
         "batch": batch,
+        "retry": retry,
         "expected": task.answer,
         "wall_time_s": result.get("wall_time_s"),
     }
@@ -191,8 +306,23 @@ def step_row(
     earlier_steps: Sequence[Mapping[str, Any]],
     library_size: int,
     wall_time_s: float,
+    *,
+    batch_number: int | None = None,
+    retry: int = 0,
 ) -> dict[str, Any]:
-    """One line of ``steps.jsonl``: the batch's counters and the cumulative EGL."""
+    """One line of ``steps.jsonl``: a pass's counters and the cumulative EGL.
+
+    Args:
+        step: The line's number (passes in the order they ran, from 1).
+        batch: The pass's tasks.
+        final: The batch graph's final state.
+        earlier_steps: The lines written before.
+        library_size: Active tools after the pass's commit.
+        wall_time_s: The pass's wall time.
+        batch_number: The batch (default: ``step``).
+        retry: 0 for the batch's own pass, K for its K-th retry pass (whose tasks
+            were processed before, so ``tasks_processed`` does not grow).
+    """
     results = list(final.get("results") or [])
     absorb = final.get("absorb") or {}
     metrics = [r.get("metrics") or {} for r in results]
@@ -206,10 +336,18 @@ def step_row(
         [*(int(s["tools_created"]) for s in earlier_steps), created],
         [*(int(s["invocations"]) for s in earlier_steps), invocations],
     )
+    failed = [r for r in results if r.get("status") == "failed"]
+    failures: dict[str, int] = {}
+    for result in failed:
+        kind = str(result.get("error_kind") or "internal")
+        failures[kind] = failures.get(kind, 0) + 1
+    processed_before = int(earlier_steps[-1]["tasks_processed"]) if earlier_steps else 0
     return {
         "step": step,
+        "batch": step if batch_number is None else batch_number,
+        "retry": retry,
         "tasks": [t.id for t in batch],
-        "tasks_processed": sum(len(s["tasks"]) for s in earlier_steps) + len(batch),
+        "tasks_processed": processed_before + (0 if retry else len(batch)),
         "library_size": library_size,
         "tools_created": created,
         "tools_added": len(absorb.get("added") or []),
@@ -222,10 +360,118 @@ def step_row(
         "egl": curve[-1],
         "tokens": usage,
         "wall_time_s": round(wall_time_s, 3),
-        "failed_tasks": sum(1 for r in results if r.get("status") == "failed"),
+        "failed_tasks": len(failed),
+        "failures": failures,
         "absorb": absorb,
         "commit": final.get("commit") or {},
     }
+
+
+def _pass_of(step: Mapping[str, Any]) -> tuple[int, int]:
+    """(batch, retry) of a step line (lines written before retries had only ``step``)."""
+    return int(step.get("batch", step["step"])), int(step.get("retry", 0))
+
+
+def needs_another_run(prediction: Mapping[str, Any] | None, *, retry_failed: bool) -> bool:
+    """Whether a task of a finished batch is run again when the run resumes.
+
+    Args:
+        prediction: The task's last prediction (None: it has none).
+        retry_failed: Run every failed task again, not only endpoint failures.
+    """
+    if prediction is None:
+        return True
+    if prediction.get("status") != "failed":
+        return False
+    if retry_failed or prediction.get("error_kind") == ENDPOINT_FAILURE:
+        return True
+    # Lines of earlier versions for tasks whose batch was lost before they ran (issue #13).
+    return "error_kind" not in prediction and prediction.get("error") == "no result"
+
+
+def batch_finished(values: Mapping[str, Any]) -> bool:
+    """Whether a batch graph's state is that of a finished batch.
+
+    Only the marker of the last node counts (``finished_at``; ``commit`` for
+    checkpoints written before the marker existed, by the same last node).
+    """
+    return bool(values.get("finished_at")) or "commit" in values
+
+
+@dataclass
+class _OutageWatch:
+    """Counts tasks that failed on the endpoint in a row, in the order they ran.
+
+    Attributes:
+        threshold: Failures in a row that stop the run (below 1: never stop).
+        in_a_row: The current count (any other outcome resets it).
+        failed_in_a_row: The count when the run was told to stop (it may grow
+            until the pass ends).
+        last_failure: The last endpoint failure seen.
+        stop: The threshold was reached.
+    """
+
+    threshold: int
+    in_a_row: int = 0
+    failed_in_a_row: int = 0
+    last_failure: dict[str, Any] = field(default_factory=dict)
+    stop: bool = False
+
+    def observe(self, result: Mapping[str, Any]) -> None:
+        """Count one task's result."""
+        if result.get("error_kind") != ENDPOINT_FAILURE:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.last_failure = dict(result.get("failure") or {}) or {
+            "kind": ENDPOINT_FAILURE,
+            "message": result.get("error") or "the model endpoint failed",
+        }
+        if 0 < self.threshold <= self.in_a_row:
+            self.stop = True
+            self.failed_in_a_row = self.in_a_row
+
+
+def _run_batch_graph(
+    graph: Any,
+    config: dict[str, Any],
+    fresh_input: Callable[[], dict[str, Any]],
+    settings: InsituContext,
+    on_event: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """Run (or resume, or read) one pass's batch graph to its ``finished_at`` marker.
+
+    Returns:
+        The final state values.
+
+    Raises:
+        RuntimeError: The graph stopped without its marker, resumed and re-run.
+    """
+    snapshot = graph.get_state(config)
+    values = dict(snapshot.values or {})
+    if batch_finished(values):
+        return values
+    if "tasks" not in values:
+        attempts: list[dict[str, Any] | None] = [fresh_input()]
+    else:
+        stored = {k: values[k] for k in ("tasks", "batch_id") if k in values}
+        # Pending nodes or writes (killed between the input checkpoint and the first
+        # step leaves ``next == ()`` with the fan-out's writes pending): resume them;
+        # should that not reach the marker, run the stored input again.
+        attempts = [None, stored] if snapshot.next or snapshot.tasks else [stored]
+    for payload in attempts:
+        # Only progress events are streamed (from the episodes too); every
+        # episode's state values would be copied to this loop for nothing.
+        for _namespace, chunk in graph.stream(
+            payload, config, context=settings, stream_mode="custom", subgraphs=True
+        ):
+            if on_event is not None:
+                on_event(chunk)
+        values = dict(graph.get_state(config).values or {})
+        if batch_finished(values):
+            return values
+    thread = config["configurable"]["thread_id"]
+    raise RuntimeError(f"the batch graph of {thread} stopped before its last node")
 
 
 def evolve(
@@ -242,6 +488,7 @@ def evolve(
     solver: Literal["episode", "interpreter"] = "episode",
     tasks_source: str = "",
     scripted: bool = False,
+    retry_failed: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_batch: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvolveSummary:
@@ -251,7 +498,8 @@ def evolve(
         tasks: The stream, in order (ids unique).
         run_dir: Where predictions, steps and checkpoints are written.
         batch_size: Tasks per batch (run in parallel, then absorbed together).
-        context: Settings (``freeze_library=True`` evaluates a snapshot).
+        context: Settings (``freeze_library=True`` evaluates a snapshot;
+            ``max_consecutive_endpoint_failures`` stops a run during an outage).
         store_dir: Shortcut for ``context.store_dir``.
         models: Chat model(s) instead of ``ChatOpenAI`` from the environment.
         store: An open ``ToolStore`` to use.
@@ -261,14 +509,20 @@ def evolve(
             baseline: one "run Python" tool, no library).
         tasks_source: Where the tasks came from (recorded in ``run.json``).
         scripted: The models are scripted test doubles (recorded; reports say so).
+        retry_failed: On resume, run every task of a finished batch whose last
+            prediction failed again, not only those that failed on the endpoint.
         on_event: Receives each progress event (episode and batch events).
-        on_batch: Receives each step row as its batch completes.
+        on_batch: Receives each step row as its pass completes.
 
     Returns:
         The run's summary.
 
     Raises:
-        ConfigurationError: No model endpoint and no injected models.
+        EndpointOutageError: ``max_consecutive_endpoint_failures`` tasks in a row
+            failed on the model endpoint (the pass was recorded; call again to resume).
+        ConfigurationError: No model endpoint and no injected models, or an
+            executor model that cannot call tools.
+        ModelEndpointError: The preflight found a dead endpoint (nothing was run).
         RunMismatchError: ``run_dir`` holds a different run.
         ValueError: Duplicate task ids or a bad batch size.
     """
@@ -280,6 +534,9 @@ def evolve(
         settings = replace(settings, store_dir=str(store_dir))
     if models is None:
         check_model_configuration(settings)
+        preflight(settings)  # refuse to start a long run on a dead endpoint
+    else:
+        Services(models=models).check_models(settings)
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -307,9 +564,17 @@ def evolve(
         },
     )
     steps = read_jsonl(run_dir / STEPS_FILE)
-    done_steps = {int(s["step"]) for s in steps}
-    written = {p["id"] for p in read_jsonl(run_dir / PREDICTIONS_FILE)}
+    passes_done = {_pass_of(s) for s in steps}
+    retries_done: dict[int, int] = {}
+    for number, retry in passes_done:
+        retries_done[number] = max(retries_done.get(number, 0), retry)
+    predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
+    latest = {p["id"]: p for p in predictions}
+    # (batch, retry, task id) of every line: a pass resumed after its lines were
+    # (partly) written writes only the missing ones.
+    written = {(int(p.get("batch", 0)), int(p.get("retry", 0)), p["id"]) for p in predictions}
     store = store if store is not None else open_store(settings)
+    outage = _OutageWatch(settings.max_consecutive_endpoint_failures)
     started = time.monotonic()
     with ExitStack() as stack:
         saver = stack.enter_context(sqlite_checkpointer(run_dir, CHECKPOINTS_FILE))
@@ -322,59 +587,86 @@ def evolve(
             sandbox=sandbox,
             solver=solver,
         )
-        for number, batch in enumerate(batches, 1):
-            if number in done_steps:
-                continue
-            batch_started = time.monotonic()
-            config = {"configurable": {"thread_id": f"{meta['run_id']}:batch-{number}"}}
-            snapshot = graph.get_state(config)
-            if not snapshot.values:
-                payload: dict[str, Any] | None = {
-                    "batch_id": f"{meta['run_id']}-b{number}",
+
+        def run_pass(number: int, retry: int, chosen: Sequence[Task]) -> None:
+            """Run one pass to its end and record it: predictions first, step line last."""
+            thread = f"{meta['run_id']}:batch-{number}" + (f":retry-{retry}" if retry else "")
+            batch_id = f"{meta['run_id']}-b{number}" + (f"-r{retry}" if retry else "")
+            pass_started = time.monotonic()
+            final = _run_batch_graph(
+                graph,
+                {"configurable": {"thread_id": thread}},
+                lambda: {
+                    "batch_id": batch_id,
                     "tasks": [
                         {"id": t.id, "question": _question(t, api_base), "files": t.files}
-                        for t in batch
+                        for t in chosen
                     ],
-                }
-            else:
-                payload = None  # resume the interrupted batch (or read the finished one)
-            final = dict(snapshot.values) if snapshot.values and not snapshot.next else None
-            if final is None:
-                # Only progress events are streamed (from the episodes too); every
-                # episode's state values would be copied to this loop for nothing.
-                for _namespace, chunk in graph.stream(
-                    payload, config, context=settings, stream_mode="custom", subgraphs=True
-                ):
-                    if on_event is not None:
-                        on_event(chunk)
-                final = dict(graph.get_state(config).values)
+                },
+                settings,
+                on_event,
+            )
             by_id = {r.get("task_id"): r for r in final.get("results") or []}
+            missing = {
+                "error": "the batch finished without a result for this task",
+                "error_kind": "internal",
+            }
+            results = [by_id.get(t.id) or missing for t in chosen]
             rows = [
-                prediction_row(t, by_id.get(t.id) or {"error": "no result"}, number)
-                for t in batch
-                if t.id not in written
+                prediction_row(task, result, number, retry)
+                for task, result in zip(chosen, results, strict=True)
+                if (number, retry, task.id) not in written
             ]
             append_jsonl(run_dir / PREDICTIONS_FILE, rows)
-            written |= {row["id"] for row in rows}
+            for row in rows:
+                written.add((number, retry, row["id"]))
+                latest[row["id"]] = row
             step = step_row(
-                number,
-                batch,
+                len(steps) + 1,
+                chosen,
                 final,
                 steps,
                 store.count(),
-                time.monotonic() - batch_started,
+                time.monotonic() - pass_started,
+                batch_number=number,
+                retry=retry,
             )
             append_jsonl(run_dir / STEPS_FILE, [step])
             steps.append(step)
             if on_batch is not None:
                 on_batch(step)
+            for result in results:
+                outage.observe(result)
+            if outage.stop:
+                raise EndpointOutageError(outage.last_failure, outage.failed_in_a_row, run_dir)
+
+        for number, batch in enumerate(batches, 1):
+            if (number, 0) not in passes_done:
+                run_pass(number, 0, batch)
+                continue
+            retry = retries_done.get(number, 0) + 1
+            thread = f"{meta['run_id']}:batch-{number}:retry-{retry}"
+            stored = graph.get_state({"configurable": {"thread_id": thread}}).values or {}
+            if stored.get("tasks"):
+                # A retry pass that was interrupted runs the tasks it started with,
+                # whatever the predictions (or retry_failed) say now.
+                stored_ids = {t["id"] for t in stored["tasks"]}
+                chosen = [t for t in batch if t.id in stored_ids]
+            else:
+                chosen = [
+                    t
+                    for t in batch
+                    if needs_another_run(latest.get(t.id), retry_failed=retry_failed)
+                ]
+            if chosen:
+                run_pass(number, retry, chosen)
     return summarize_run(run_dir, wall_time_s=time.monotonic() - started)
 
 
 def summarize_run(run_dir: str | Path, *, wall_time_s: float | None = None) -> EvolveSummary:
-    """Summarise a run directory from its files."""
+    """Summarise a run directory from its files (each task by its last prediction)."""
     run_dir = Path(run_dir)
-    predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
+    predictions = read_predictions(run_dir)
     steps = read_jsonl(run_dir / STEPS_FILE)
     tokens: dict[str, Any] = {}
     for step in steps:
@@ -382,13 +674,20 @@ def summarize_run(run_dir: str | Path, *, wall_time_s: float | None = None) -> E
     statuses = [p.get("status") for p in predictions]
     invocations = sum(int(s["invocations"]) for s in steps)
     successes = sum(int(s["successes"]) for s in steps)
+    retry_passes = sum(1 for s in steps if _pass_of(s)[1])
     return EvolveSummary(
         run_dir=str(run_dir),
-        batches=len(steps),
+        batches=len(steps) - retry_passes,
         tasks=len(predictions),
         completed=statuses.count("completed"),
         incomplete=statuses.count("incomplete"),
         failed=statuses.count("failed"),
+        endpoint_failed=sum(
+            1
+            for p in predictions
+            if p.get("status") == "failed" and p.get("error_kind") == ENDPOINT_FAILURE
+        ),
+        retry_passes=retry_passes,
         library_size=int(steps[-1]["library_size"]) if steps else 0,
         egl=steps[-1]["egl"] if steps else None,
         tool_success_rate=tool_success_rate(successes, invocations),

@@ -47,6 +47,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from insitu.evolve import last_row_per_task
+
 RUN_FILE = "run.json"
 STEPS_FILE = "steps.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -408,12 +410,8 @@ def load_run(run_dir: Path) -> Run:
         warnings=notes,
     )
     run.label = run.system
-    repeated = sorted(i for i, n in Counter(p.id for p in run.predictions).items() if n > 1)
-    if repeated:
-        shown = ", ".join(repeated[:5]) + (", ..." if len(repeated) > 5 else "")
-        run.warnings.append(
-            f"{len(repeated)} task id(s) appear more than once in {PREDICTIONS_FILE}: {shown}"
-        )
+    # A task run again (a retry pass after an outage) has a line per run: the last counts.
+    run.predictions = last_row_per_task(run.predictions, key=lambda p: p.id)
     numbers = [s.step for s in run.steps]
     if len(set(numbers)) != len(numbers):
         run.warnings.append(f"{STEPS_FILE} repeats step numbers")

@@ -3,8 +3,17 @@
 Inside the batch graph each task is an episode with ``commit_mode="defer"``: it
 reads the global library as it was when the batch started (nothing is
 committed until absorbing), keeps its own tools local, and hands them back in
-its result. An episode that raises or runs past ``episode_timeout_s`` becomes a
-failed result for its task; the batch and the absorb go on.
+its result. An episode that fails stays with its task; the batch and the absorb go
+on. Every result carries ``error`` (one line, or ``None``) and ``error_kind``:
+
+* ``"endpoint"``: the model endpoint failed (the episode ended ``failed`` with a
+  ``failure`` record, kept in the result, as are the tokens it spent first);
+* ``"timeout"``: the episode ran past ``episode_timeout_s``;
+* ``"internal"``: the episode raised (a bug, or an unexpected error);
+* ``None``: the episode finished (``completed`` or ``incomplete``).
+
+``evolve`` counts endpoint failures in a row to stop a run during an outage,
+and runs those tasks again when the run is resumed.
 """
 
 from __future__ import annotations
@@ -23,16 +32,46 @@ from langgraph.runtime import Runtime
 
 from insitu.context import InsituContext
 from insitu.events import emit
+from insitu.llm import ModelEndpointError
 from insitu.nodes.common import settings
 
+#: ``error_kind`` of a result whose model endpoint failed.
+ENDPOINT = "endpoint"
+#: ``error_kind`` of a result whose episode ran past ``episode_timeout_s``.
+TIMEOUT = "timeout"
+#: ``error_kind`` of a result whose episode raised anything else.
+INTERNAL = "internal"
 
-def failed_result(task: dict[str, Any], reason: str, wall_time_s: float) -> dict[str, Any]:
-    """The result of a task whose episode did not finish."""
+
+def one_line(text: str) -> str:
+    """Collapse a message onto one line (results and predictions keep one line per error)."""
+    return " ".join(str(text).split())
+
+
+def failed_result(
+    task: dict[str, Any],
+    reason: str,
+    wall_time_s: float,
+    *,
+    kind: str = INTERNAL,
+    failure: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The result of a task whose episode did not finish.
+
+    Args:
+        task: The batch task (``id`` is used).
+        reason: Why; kept as ``error`` on one line.
+        wall_time_s: How long the episode ran.
+        kind: The ``error_kind``: ``endpoint``, ``timeout`` or ``internal``.
+        failure: The endpoint failure record, for ``kind="endpoint"``.
+    """
     return {
         "task_id": task["id"],
         "answer": "",
         "status": "failed",
-        "error": reason,
+        "error": one_line(reason),
+        "error_kind": kind,
+        "failure": failure,
         "tools_used": [],
         "tools_created": [],
         "tools_repaired": [],
@@ -42,6 +81,22 @@ def failed_result(task: dict[str, Any], reason: str, wall_time_s: float) -> dict
         "usage": {},
         "wall_time_s": round(wall_time_s, 3),
     }
+
+
+def episode_result(output: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    """A finished episode's output as the task's result, with ``error`` and ``error_kind``.
+
+    An episode that ended ``failed`` keeps everything it produced (its token
+    usage above all: the tokens were spent); its ``failure`` record names the cause.
+    """
+    result = {**output, "error": None, "error_kind": None, "wall_time_s": round(wall_time_s, 3)}
+    if output.get("status") == "failed":
+        failure = output.get("failure") or {}
+        result["error"] = one_line(
+            failure.get("message") or output.get("error") or "the episode ended failed"
+        )
+        result["error_kind"] = failure.get("kind") or INTERNAL
+    return result
 
 
 class EpisodeSlots:
@@ -80,7 +135,7 @@ def solve_task(
 
     Returns:
         ``{"results": [result]}`` — the episode's output plus ``wall_time_s``,
-        or a failed result.
+        ``error`` and ``error_kind``, or a failed result.
     """
     context = replace(settings(runtime), commit_mode="defer")
     task = state["task"]
@@ -106,14 +161,29 @@ def _solve(
         output = future.result(timeout=context.episode_timeout_s)
     except FutureTimeout:
         reason = f"the episode ran longer than episode_timeout_s={context.episode_timeout_s:g}"
-        emit("task_failed", f"task {task['id']} failed: {reason}", task_id=task["id"])
-        return {"results": [failed_result(task, reason, time.monotonic() - started)]}
+        result = failed_result(task, reason, time.monotonic() - started, kind=TIMEOUT)
+    except ModelEndpointError as exc:  # episodes record endpoint failures; this is a fallback
+        result = failed_result(
+            task,
+            exc.one_line(),
+            time.monotonic() - started,
+            kind=ENDPOINT,
+            failure=exc.as_failure(),
+        )
     except Exception as exc:  # any failure of one task stays with that task
         reason = f"{type(exc).__name__}: {exc}"
-        emit("task_failed", f"task {task['id']} failed: {reason[:200]}", task_id=task["id"])
-        return {"results": [failed_result(task, reason, time.monotonic() - started)]}
+        result = failed_result(task, reason, time.monotonic() - started, kind=INTERNAL)
+    else:
+        result = episode_result(output, time.monotonic() - started)
     finally:
         pool.shutdown(wait=False)
-    result = {**output, "error": None, "wall_time_s": round(time.monotonic() - started, 3)}
-    emit("task_done", f"task {task['id']}: {result['status']}", task_id=task["id"])
+    if result["status"] == "failed":
+        emit(
+            "task_failed",
+            f"task {task['id']} failed ({result['error_kind']}): {result['error'][:200]}",
+            task_id=task["id"],
+            error_kind=result["error_kind"],
+        )
+    else:
+        emit("task_done", f"task {task['id']}: {result['status']}", task_id=task["id"])
     return {"results": [result]}

@@ -18,6 +18,7 @@ from langchain_core.messages import BaseMessage
 from insitu.evals.tasks import Task
 from insitu.evolve import evolve, read_jsonl
 from insitu.graphs.evolve import compile_evolve_graph
+from insitu.llm import ModelEndpointError
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import (
     DATE_DIFFERENCE,
@@ -77,6 +78,16 @@ SAMPLE_DESCRIBE = dataclasses.replace(
 )
 
 
+def prompt_of(messages: list[BaseMessage]) -> str:
+    """A role's prompt: its system and user messages, before any reply."""
+    parts = []
+    for message in messages:
+        if message.type in ("ai", "tool"):
+            break
+        parts.append(str(message.content))
+    return "\n\n".join(parts)
+
+
 def tasks_of(*questions: str) -> list[dict[str, str]]:
     return [{"id": f"t{i}", "question": q} for i, q in enumerate(questions)]
 
@@ -110,7 +121,7 @@ def test_parallel_episodes_never_see_each_others_local_tools(store, sandbox) -> 
     seen: dict[str, str] = {}
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        text = str(messages[0].content)
+        text = prompt_of(messages)
         if text.startswith("You are the Manager"):
             task = text.split("## Task\n", 1)[1].split("\n", 1)[0]
             seen[task] = text.split("## Candidate tools", 1)[1].split("\n## ", 1)[0]
@@ -136,7 +147,7 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
     team = ScriptedTeam()
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        text = str(messages[0].content)
+        text = prompt_of(messages)
         if text.startswith("You are the Manager") and "crash" in text:
             raise RuntimeError("endpoint exploded")
         if text.startswith("You are the Manager") and "slow" in text:
@@ -155,9 +166,60 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
     results = {r["task_id"]: r for r in final["results"]}
     assert results["t0"]["status"] == "completed"
     assert results["t1"]["status"] == "failed" and "endpoint exploded" in results["t1"]["error"]
+    assert results["t1"]["error_kind"] == "endpoint"
+    assert results["t1"]["failure"]["role"] == "manager"
     assert results["t2"]["status"] == "failed" and "episode_timeout_s" in results["t2"]["error"]
+    assert results["t2"]["error_kind"] == "timeout"
+    assert results["t0"]["error"] is None and results["t0"]["error_kind"] is None
     assert final["absorb"]["added"] == ["summarize_numbers"]
     assert store.count() == 1
+
+
+class RaisingEpisode:
+    """An episode graph stand-in whose run raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def invoke(self, payload: dict[str, Any], config: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+class FailedEpisode:
+    """An episode graph stand-in that ends failed on the endpoint, after spending tokens."""
+
+    def invoke(self, payload: dict[str, Any], config: Any, **kwargs: Any) -> Any:
+        failure = ModelEndpointError(
+            role="executor", model="m", url="http://x", status=503, reason="overloaded"
+        ).as_failure()
+        usage = {"manager": {"input_tokens": 10, "output_tokens": 2, "total_tokens": 12}}
+        return {"answer": "Failed", "status": "failed", "failure": failure, "usage": usage}
+
+
+@pytest.mark.parametrize(
+    ("episode", "kind"),
+    [
+        (
+            RaisingEpisode(ModelEndpointError(role="manager", model="m", url="u", reason="x")),
+            "endpoint",
+        ),
+        (RaisingEpisode(ValueError("a bug\nover two lines")), "internal"),
+        (FailedEpisode(), "endpoint"),
+    ],
+)
+def test_every_failed_result_says_what_kind_of_failure(episode, kind) -> None:
+    from insitu.context import InsituContext
+    from insitu.nodes.batch import _solve
+
+    task = {"id": "t0", "question": MEAN}
+    (result,) = _solve(task, {}, {}, InsituContext(), episode)["results"]
+    assert result["status"] == "failed" and result["error_kind"] == kind
+    assert result["error"] and "\n" not in result["error"]
+    if kind == "endpoint":
+        assert result["failure"]["kind"] == "endpoint"
+        assert result["error"] == result["failure"]["message"]
+    if isinstance(episode, FailedEpisode):  # the tokens spent before the failure are kept
+        assert result["usage"]["manager"]["input_tokens"] == 10
 
 
 @pytest.mark.parametrize(("limit", "expected_max"), [(1, 1), (2, 2), (6, 6)])
@@ -166,7 +228,7 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
     lock, active, peak = threading.Lock(), [0], [0]
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        if str(messages[0].content).startswith("You are the Manager"):
+        if prompt_of(messages).startswith("You are the Manager"):
             with lock:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
@@ -300,7 +362,7 @@ def test_malformed_aggregator_verdicts_keep_the_tools(minilm_store, sandbox) -> 
     team = ScriptedTeam(capabilities=(DESCRIBE, SUMMARIZE_NUMBERS))
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        if str(messages[0].content).startswith("You are the Aggregator"):
+        if prompt_of(messages).startswith("You are the Aggregator"):
             return '{"duplicates": [["summarize_numbers", "not_a_member"]]}'
         return team.respond(messages, tools)
 

@@ -96,8 +96,13 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path, endpoint
             f"trial {trial}: duplicated or lost predictions"
         )
         assert {p["id"]: p["answer"] for p in predictions} == expected_predictions
+        # Every task ran before it was recorded (a lost batch once wrote "no result").
+        assert all(p["status"] == "completed" and p["error"] is None for p in predictions)
         steps = lines(run / "steps.jsonl")
         assert [s["step"] for s in steps] == list(range(1, TASKS // BATCH + 1))
+        assert [(s["batch"], s["retry"]) for s in steps] == [
+            (n, 0) for n in range(1, TASKS // BATCH + 1)
+        ]
         assert library(store) == expected_library, f"trial {trial} (killed {kills} times)"
         total_kills += kills
     assert total_kills >= 4  # the kills really interrupted running processes
