@@ -2,19 +2,28 @@
 
 Exit codes: 0 success; 1 the task could not be completed; 2 usage or
 configuration error (what to set is printed); 3 a runtime error such as a
-store held by another process.
+store held by another process or a failing model endpoint; 130 interrupted
+(Ctrl-C).
+
+Every command and group takes ``--config FILE``, ``--set NAME=VALUE`` and
+``--store DIR`` (:func:`settings_options`); a command receives the resulting
+:class:`InsituContext` as ``ctx.obj`` (``@click.pass_obj``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -23,9 +32,21 @@ from rich.table import Table
 from rich.text import Text
 
 from insitu import __version__
-from insitu.context import InsituContext, describe_settings
+from insitu.context import InsituContext, SettingError, default_value, describe_settings
+from insitu.settings_sources import (
+    DEFAULT_SOURCE,
+    LoadedSettings,
+    Override,
+    load_settings,
+    parse_assignment,
+)
+
+if TYPE_CHECKING:
+    from insitu.llm import ModelEndpointError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2, 3
+#: The shell's code for a process stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 out = Console()
 err = Console(stderr=True)
@@ -43,33 +64,199 @@ def scripted_models(banner: str) -> Any:
     return ScriptedTeam().model()
 
 
-def fail(message: str, code: int = EXIT_RUNTIME) -> None:
+def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     """Print an error (no stack trace) and exit with ``code``."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
+def fail_configuration(exc: Exception) -> NoReturn:
+    """Exit 2 with a configuration error; "no endpoint" names this command's ``--scripted``."""
+    from insitu.services import NO_ENDPOINT_MESSAGE, no_endpoint_message
+
+    command = click.get_current_context().command_path
+    offline = f"add --scripted to `{command}` for an offline run with the scripted test model"
+    fail(str(exc).replace(NO_ENDPOINT_MESSAGE, no_endpoint_message(offline)), EXIT_CONFIG)
+
+
+def fail_model_endpoint(exc: ModelEndpointError) -> NoReturn:
+    """Exit 3 with a model endpoint failure in one line.
+
+    The line of an :class:`~insitu.evolve.EndpointOutageError` (a run stopped
+    after tasks in a row failed on the endpoint) says how to resume.
+    """
+    fail(exc.one_line(), EXIT_RUNTIME)
+
+
+@contextmanager
+def interruptible(resume: str = "run the same command to resume") -> Iterator[None]:
+    """Turn Ctrl-C into one line and exit code 130 instead of a stack trace.
+
+    The first Ctrl-C stops the work as Python does: the episodes already
+    running finish (their results are kept), which can take minutes, so it says
+    so at once. A second Ctrl-C exits at once, as a kill would (every run
+    resumes after one).
+
+    Args:
+        resume: How to go on, after "interrupted; ".
+    """
+    message = f"interrupted; {resume}"
+    interrupts = 0
+
+    def on_interrupt(_signum: int, _frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            err.print(
+                "stopping: the running work finishes first (Ctrl-C again to stop at once)",
+                highlight=False,
+                markup=False,
+            )
+            raise KeyboardInterrupt
+        err.print(message, highlight=False, markup=False, soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    # Signal handlers can only be set from the main thread (not, say, a CLI run in a worker).
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if handling else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(message, highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if handling:
+            signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+
+
+# ---------------------------------------------------------------- settings options
+
+_INPUTS = "insitu.settings_inputs"
+_LOADED = "insitu.settings"
+
+
+@dataclass
+class _SettingsInputs:
+    """What the command line says about settings, the group's and the command's options together.
+
+    Attributes:
+        config: ``--config FILE`` (a subcommand's replaces the group's).
+        given: ``(option, text)`` of each ``--set`` and ``--store``, in the order given.
+    """
+
+    config: str | None = None
+    given: list[tuple[str, str]] = field(default_factory=list)
+
+    def overrides(self) -> list[Override]:
+        """The settings given on the command line.
+
+        Raises:
+            SettingError: A ``--set`` that is not NAME=VALUE for a known setting.
+        """
+        return [
+            parse_assignment(text) if option == "--set" else Override("store_dir", text, option)
+            for option, text in self.given
+        ]
+
+
+def _inputs(ctx: click.Context) -> _SettingsInputs:
+    # ctx.meta is shared by a group's context and its subcommands' contexts.
+    return ctx.meta.setdefault(_INPUTS, _SettingsInputs())
+
+
+def _take_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _inputs(ctx).config = value
+
+
+def _take_assignments(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
+    _inputs(ctx).given.extend(("--set", text) for text in values)
+
+
+def _take_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _inputs(ctx).given.append(("--store", value))
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command or group ``--config``, ``--set`` and ``--store``.
+
+    The options of a group and of its subcommand add up (``insitu --set a=1 run
+    --set b=2``); when a command (not a group) runs, the settings are built from
+    every source (:func:`insitu.settings_sources.load_settings`) and put in
+    ``ctx.obj``. A bad value exits 2 with one line saying what is expected.
+    """
+
+    @functools.wraps(command)
+    def with_settings(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        if not isinstance(ctx.command, click.Group):
+            inputs = _inputs(ctx)
+            try:
+                loaded = load_settings(config=inputs.config, overrides=inputs.overrides())
+            except SettingError as exc:
+                fail(str(exc), EXIT_CONFIG)
+            ctx.meta[_LOADED] = loaded
+            ctx.obj = loaded.context
+        return command(*args, **kwargs)
+
+    options = (
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            callback=_take_config,
+            help="TOML file of settings (default: ./insitu.toml if there is one).",
+        ),
+        click.option(
+            "--set",
+            "assignments",
+            metavar="NAME=VALUE",
+            multiple=True,
+            expose_value=False,
+            callback=_take_assignments,
+            help="Set any setting, e.g. --set max_rounds=5 (repeatable; see `insitu settings`).",
+        ),
+        click.option(
+            "--store",
+            type=click.Path(file_okay=False),
+            expose_value=False,
+            callback=_take_store,
+            help="Tool library directory (the store_dir setting; default ./.insitu).",
+        ),
+    )
+    for option in reversed(options):
+        with_settings = option(with_settings)
+    return with_settings
+
+
+def loaded_settings() -> LoadedSettings:
+    """The settings of the running command with the source of each value."""
+    return click.get_current_context().meta[_LOADED]
+
+
+def setting_given(name: str) -> bool:
+    """Whether the running command's setting ``name`` was set anywhere (not its default)."""
+    return loaded_settings().sources[name] != DEFAULT_SOURCE
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="insitu")
-@click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Tool library directory (default: $INSITU_STORE or ./.insitu).",
-)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-@click.pass_context
-def main(ctx: click.Context, store_dir: str | None, verbose: bool) -> None:
-    """insitu: self-evolving, tool-first agents that write, verify and reuse their own tools."""
+@settings_options
+def main(verbose: bool) -> None:
+    """insitu: self-evolving, tool-first agents that write, verify and reuse their own tools.
+
+    Settings come from --set and flags, else the environment (INSITU_<NAME>), else
+    a config file (--config FILE or ./insitu.toml), else defaults; `insitu settings`
+    shows them and where each came from.
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    settings = InsituContext()
-    if store_dir:
-        settings = replace(settings, store_dir=store_dir)
-    ctx.obj = settings
 
 
 def store_exit_code(exc: Exception) -> int:
@@ -157,12 +344,14 @@ def tools_table(records: list[Any], title: str) -> Table:
 
 
 @main.group()
+@settings_options
 def tools() -> None:
     """Inspect and manage the tool library (--store DIR, else $INSITU_STORE or ./.insitu)."""
 
 
 @tools.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include archived tools.")
+@settings_options
 @click.pass_obj
 def tools_list(settings: InsituContext, show_all: bool) -> None:
     """List the library's tools."""
@@ -175,6 +364,7 @@ def tools_list(settings: InsituContext, show_all: bool) -> None:
 @tools.command("show")
 @click.argument("name")
 @click.option("--version", "version", type=int, default=None, help="A specific version.")
+@settings_options
 @click.pass_obj
 def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
     """Show one tool: metadata, schemas, tests and source."""
@@ -211,6 +401,7 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
     "--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True
 )
 @click.option("--all", "include_archived", is_flag=True, help="Search archived tools too.")
+@settings_options
 @click.pass_obj
 def tools_search(
     settings: InsituContext, query: str, k: int, mode: str, include_archived: bool
@@ -233,6 +424,7 @@ def tools_search(
 
 @tools.command("history")
 @click.argument("name")
+@settings_options
 @click.pass_obj
 def tools_history(settings: InsituContext, name: str) -> None:
     """List every version of a tool (oldest first; * marks the current one)."""
@@ -262,6 +454,7 @@ def tools_history(settings: InsituContext, name: str) -> None:
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("--force", is_flag=True, help="Roll back a locked tool too.")
+@settings_options
 @click.pass_obj
 def tools_rollback(settings: InsituContext, name: str, version: int, force: bool) -> None:
     """Make an earlier version current again (as a new version; history is kept)."""
@@ -279,6 +472,7 @@ def tools_rollback(settings: InsituContext, name: str, version: int, force: bool
 @click.option("--reason", default="archived by hand", show_default=True)
 @click.option("--force", is_flag=True, help="Archive a locked tool too.")
 @click.option("--restore", is_flag=True, help="Make an archived tool active again instead.")
+@settings_options
 @click.pass_obj
 def tools_archive(
     settings: InsituContext, name: str, reason: str, force: bool, restore: bool
@@ -298,6 +492,7 @@ def tools_archive(
 @tools.command("lock")
 @click.argument("name")
 @click.option("--unlock", is_flag=True, help="Remove the lock instead.")
+@settings_options
 @click.pass_obj
 def tools_lock(settings: InsituContext, name: str, unlock: bool) -> None:
     """Lock a tool so that automated repair and merging never change it."""
@@ -308,6 +503,7 @@ def tools_lock(settings: InsituContext, name: str, unlock: bool) -> None:
 
 @tools.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
+@settings_options
 @click.pass_obj
 def tools_export(settings: InsituContext, directory: str) -> None:
     """Export the library (active and archived tools, every version) to a folder."""
@@ -328,6 +524,7 @@ def tools_export(settings: InsituContext, directory: str) -> None:
     help="For a name the library has with other content.",
 )
 @click.option("--force", is_flag=True, help="With --on-conflict replace: replace locked tools.")
+@settings_options
 @click.pass_obj
 def tools_import(settings: InsituContext, directory: str, on_conflict: str, force: bool) -> None:
     """Import a library exported with `insitu tools export` (all or nothing)."""
@@ -345,6 +542,7 @@ def tools_import(settings: InsituContext, directory: str, on_conflict: str, forc
     default=None,
     help="Switch the library to this embedding (default: keep the one it was built with).",
 )
+@settings_options
 @click.pass_obj
 def tools_reindex(settings: InsituContext, embedding: str | None) -> None:
     """Rebuild the retrieval index from the tool records."""
@@ -354,24 +552,44 @@ def tools_reindex(settings: InsituContext, embedding: str | None) -> None:
 
 
 @main.command("settings")
-def show_settings() -> None:
-    """Print every setting with its current value and meaning."""
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@settings_options
+def show_settings(as_json: bool) -> None:
+    """Print every setting: its value, where it came from, and what it does.
+
+    A value comes from `default`, the config file (its name), the environment
+    (`env INSITU_X`), `--set` or a flag such as `--store`; `--set` and flags win
+    over the environment, which wins over the config file.
+    """
+    loaded = loaded_settings()
+    rows = [
+        (name, getattr(loaded.context, name), loaded.sources[name], description)
+        for name, _default, description in describe_settings()
+    ]
+    if as_json:
+        report = {
+            name: {"value": value, "source": source, "default": default_value(name)}
+            for name, value, source, _description in rows
+        }
+        say(json.dumps(report, indent=2))
+        return
     table = Table(title="settings (InsituContext)", title_justify="left")
-    for column in ("name", "value", "description"):
+    for column in ("name", "value", "source", "description"):
         table.add_column(column, overflow="fold")
-    for name, value, description in describe_settings():
-        table.add_row(name, value, description)
+    for name, value, source, description in rows:
+        table.add_row(*map(_cell, (name, repr(value), source, description)))
     out.print(table)
 
 
 def _register_commands() -> None:
     """Attach the commands that live in their own modules (they import this one)."""
+    from insitu.cli_doctor import doctor
     from insitu.cli_episode import demo, run
     from insitu.cli_eval import eval_group
     from insitu.cli_evolve import evolve_command
     from insitu.cli_report import report
 
-    for command in (run, demo, evolve_command, report, eval_group):
+    for command in (run, demo, evolve_command, report, eval_group, doctor):
         main.add_command(command)
 
 

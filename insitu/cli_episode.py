@@ -13,9 +13,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from insitu.cli import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_OK, EXIT_RUNTIME, err, fail, out
+from insitu.cli import (
+    EXIT_CONFIG,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    err,
+    fail,
+    fail_configuration,
+    fail_model_endpoint,
+    interruptible,
+    out,
+    scripted_models,
+    settings_options,
+)
 from insitu.context import InsituContext
 
 if TYPE_CHECKING:
@@ -71,8 +85,9 @@ def solve(
     models: Any = None,
     prefix: str = "",
 ) -> EpisodeResult:
-    """Run one episode with clear CLI errors (exit 2 configuration, 3 runtime)."""
+    """Run one episode with clear CLI errors (exit 2 configuration, 3 runtime or endpoint)."""
     from insitu.api import run_task
+    from insitu.llm import ModelEndpointError
     from insitu.nodes.workspace import InvalidTaskError
     from insitu.services import ConfigurationError
     from insitu.tool_store.errors import StoreError
@@ -87,12 +102,28 @@ def solve(
             on_event=progress_printer(prefix),
         )
     except ConfigurationError as exc:
-        fail(str(exc), EXIT_CONFIG)
+        fail_configuration(exc)
     except (InvalidTaskError, ValueError, FileNotFoundError) as exc:
         fail(str(exc), EXIT_CONFIG)
     except StoreError as exc:
         fail(str(exc), EXIT_RUNTIME)
-    raise AssertionError("unreachable")
+    except ModelEndpointError as exc:
+        fail_model_endpoint(exc)
+
+
+def thread_id_for(task: str | None, thread_id: str | None) -> str:
+    """The checkpoint thread of a run: ``thread_id`` when resuming, else the task's id.
+
+    Exits 2 on an unusable task (what :func:`insitu.api.run_task` would refuse).
+    """
+    from insitu.nodes.workspace import InvalidTaskError, check_task
+
+    if thread_id is not None:
+        return thread_id
+    try:
+        return check_task({"task": task})[1]
+    except InvalidTaskError as exc:
+        fail(str(exc), EXIT_CONFIG)
 
 
 @click.command("run")
@@ -107,6 +138,13 @@ def solve(
 @click.option("--resume", "thread_id", default=None, help="Resume an interrupted run by thread id.")
 @click.option("--model", default=None, help="Model name for every role (overrides settings).")
 @click.option("--frozen", is_flag=True, help="Use the library as it is: build no new tools.")
+@click.option(
+    "--scripted",
+    is_flag=True,
+    help="Use the scripted test model instead of an LLM (offline check of a setup; the output "
+    "says so).",
+)
+@settings_options
 @click.pass_obj
 def run(
     settings: InsituContext,
@@ -115,22 +153,39 @@ def run(
     thread_id: str | None,
     model: str | None,
     frozen: bool,
+    scripted: bool,
 ) -> None:
     """Solve TASK with the tool library, printing the answer and what was used.
 
-    Exit codes: 0 completed, 1 could not complete, 2 configuration, 3 runtime.
+    The thread id is printed (stderr) as the run starts: after a crash, `insitu run
+    --resume THREAD_ID` finishes it from its last checkpoint.
+
+    Exit codes: 0 completed, 1 could not complete, 2 configuration, 3 runtime or model
+    endpoint, 130 interrupted.
     """
+    from insitu.testing.team import SCRIPTED_LABEL
+
     if task is None and thread_id is None:
         fail("give a TASK, or --resume THREAD_ID to finish an interrupted run", EXIT_CONFIG)
     if model:
         settings = settings.with_model(model)
     if frozen:
         settings = replace(settings, freeze_library=True)
-    result = solve(settings, task, files=files, thread_id=thread_id)
+    models = scripted_models(SCRIPTED_LABEL) if scripted else None
+    thread = thread_id_for(task, thread_id)
+    shown = escape(thread)
+    err.print(
+        f"[dim]thread id: {shown} (after a crash: insitu run --resume {shown})[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    with interruptible(f"resume with: insitu run --resume {thread}"):
+        result = solve(settings, task, files=files, thread_id=thread, models=models)
     out.print(result.answer, highlight=False, soft_wrap=True)
     out.print()
     out.print(result_table(result))
-    err.print(f"[dim]thread id: {result.thread_id} (resume with --resume)[/]")
+    if scripted:
+        out.print(f"[bold yellow]{SCRIPTED_LABEL}[/]")
     raise SystemExit(EXIT_OK if result.completed else EXIT_INCOMPLETE)
 
 
@@ -141,6 +196,7 @@ def run(
     is_flag=True,
     help="Keep the demo library in --store (default: a temporary directory).",
 )
+@settings_options
 @click.pass_obj
 def demo(settings: InsituContext, keep_store: bool) -> None:
     """Run a few tasks offline with a scripted model: a tool is built, admitted, reused.

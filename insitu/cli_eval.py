@@ -4,8 +4,9 @@ Every subcommand prints a readable table on stdout, progress on stderr, and
 with ``--json PATH`` writes its full, machine-readable result there. A missing
 data folder is a configuration error (exit 2, with what to pass).
 
-To add a subcommand, decorate it with ``@eval_group.command("name")`` in this
-module and reuse :func:`json_option`, :func:`progress` and :func:`write_json`.
+To add a subcommand, decorate it with ``@eval_group.command("name")`` and
+:func:`insitu.cli.settings_options` in this module and reuse
+:func:`json_option`, :func:`progress` and :func:`write_json`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import EXIT_CONFIG, err, fail, out, scripted_models
+from insitu.cli import (
+    EXIT_CONFIG,
+    err,
+    fail,
+    fail_configuration,
+    fail_model_endpoint,
+    interruptible,
+    out,
+    scripted_models,
+    settings_options,
+)
 from insitu.context import InsituContext
 
 #: Environment variable naming the folder that holds ``tool_retrieval/`` and ``tool_dedup/``.
@@ -47,6 +58,7 @@ class EvalGroup(click.Group):
 
 
 @click.group("eval", cls=EvalGroup, invoke_without_command=False)
+@settings_options
 def eval_group() -> None:
     """Compare systems on a task suite, or run a benchmark of insitu's machinery.
 
@@ -164,10 +176,6 @@ def data_root(name: str, given: Path | None, marker: str) -> tuple[Path, list[st
     return root, None
 
 
-def _settings(obj: Any) -> InsituContext:
-    return obj if isinstance(obj, InsituContext) else InsituContext()
-
-
 def results_table(
     title: str,
     columns: Sequence[str],
@@ -235,6 +243,7 @@ def show(table: Table) -> None:
     help="Embedding cache (default: $TMPDIR/insitu-retrieval-cache).",
 )
 @json_option
+@settings_options
 def eval_retrieval(
     data_dir: Path | None,
     sets: str | None,
@@ -352,6 +361,7 @@ def eval_retrieval(
     help="Comma-separated name-overlap weights (default: the Aggregator's).",
 )
 @json_option
+@settings_options
 def eval_dedup(
     data_dir: Path | None,
     sets: str | None,
@@ -466,9 +476,10 @@ def eval_dedup(
     help="Timed searches per task.",
 )
 @json_option
+@settings_options
 @click.pass_obj
 def eval_scaling(
-    obj: Any,
+    settings: InsituContext,
     sizes: str,
     embedding: str | None,
     retrieval_k: int | None,
@@ -489,7 +500,7 @@ def eval_scaling(
         parsed = scaling.parse_sizes(sizes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sizes") from None
-    k = retrieval_k or _settings(obj).retrieval_k
+    k = retrieval_k or settings.retrieval_k
     try:
         report = scaling.run_scaling_benchmark(
             parsed,
@@ -547,6 +558,13 @@ def eval_scaling(
     help="Use the scripted test model instead of an LLM (checks the setup offline; every "
     "output says its numbers are not model results).",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="On resume, run every failed task again (by default only those that failed on the "
+    "model endpoint).",
+)
+@settings_options
 @click.pass_obj
 def suite_command(
     settings: InsituContext,
@@ -560,16 +578,18 @@ def suite_command(
     judge_model: str | None,
     prices: Path | None,
     scripted: bool,
+    retry_failed: bool,
 ) -> None:
     """Compare systems on SUITE (`local`, `gsm8k[:PATH]`, `humaneval`, or a JSONL file).
 
     Writes one folder per system into --run-dir, then comparison.json, comparison.md and
-    report.html. Run the same command again to resume an interrupted comparison.
+    report.html. Run the same command again to resume an interrupted comparison. Exit
+    codes: 0 done, 2 configuration, 3 model endpoint, 130 interrupted.
     """
     from insitu.evals.harness import SCRIPTED_NOTE, comparison_markdown, run_comparison
     from insitu.evals.tasks import TaskLoadError, load_tasks
     from insitu.evolve import RunMismatchError
-    from insitu.services import ConfigurationError, make_chat_model
+    from insitu.llm import ConfigurationError, ModelEndpointError, build_chat_model
 
     try:
         tasks = load_tasks(suite, limit=limit)
@@ -580,24 +600,30 @@ def suite_command(
     models = judge = None
     if scripted:
         models = scripted_models(SCRIPTED_NOTE)
-    try:
-        if judge_model:
-            judge = make_chat_model("integrator", settings.with_model(judge_model))
-        comparison = run_comparison(
-            tasks,
-            systems=split_list(systems),
-            run_dir=run_dir,
-            batch_size=batch_size,
-            suite=suite,
-            context=settings,
-            models=models,
-            library=library,
-            judge_model=judge,
-            prices=prices,
-            scripted=scripted,
-            on_system=lambda name: progress(f"system {name}: {len(tasks)} tasks"),
-        )
-    except (ConfigurationError, RunMismatchError, ValueError) as exc:
-        fail(str(exc), EXIT_CONFIG)
+    with interruptible():
+        try:
+            if judge_model:
+                judge = build_chat_model("integrator", settings.with_model(judge_model))
+            comparison = run_comparison(
+                tasks,
+                systems=split_list(systems),
+                run_dir=run_dir,
+                batch_size=batch_size,
+                suite=suite,
+                context=settings,
+                models=models,
+                library=library,
+                judge_model=judge,
+                prices=prices,
+                scripted=scripted,
+                retry_failed=retry_failed,
+                on_system=lambda name: progress(f"system {name}: {len(tasks)} tasks"),
+            )
+        except ConfigurationError as exc:
+            fail_configuration(exc)
+        except (RunMismatchError, ValueError) as exc:
+            fail(str(exc), EXIT_CONFIG)
+        except ModelEndpointError as exc:
+            fail_model_endpoint(exc)
     out.print(comparison_markdown(comparison), highlight=False, markup=False, soft_wrap=True)
     progress(f"comparison written to {run_dir}/comparison.md, comparison.json, report.html")

@@ -10,7 +10,20 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, out, scripted_models
+from insitu.cli import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    err,
+    fail,
+    fail_configuration,
+    fail_model_endpoint,
+    interruptible,
+    out,
+    scripted_models,
+    setting_given,
+    settings_options,
+)
 from insitu.context import InsituContext
 
 
@@ -55,7 +68,8 @@ def summary_table(summary: Any) -> Table:
     "--concurrency",
     type=click.IntRange(min=1),
     default=None,
-    help="Episodes run at once (default: the batch size).",
+    help="Episodes run at once (default: the batch_concurrency setting if set, else the batch "
+    "size).",
 )
 @click.option("--model", default=None, help="Model name for every role (overrides settings).")
 @click.option("--system", default="insitu", show_default=True, help="Name of this run in reports.")
@@ -65,6 +79,13 @@ def summary_table(summary: Any) -> Table:
     help="Use the scripted test model instead of an LLM (offline check of a setup; every "
     "output is labelled as such).",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="On resume, run every failed task of the finished batches again (by default only "
+    "those that failed on the model endpoint).",
+)
+@settings_options
 @click.pass_obj
 def evolve_command(
     settings: InsituContext,
@@ -77,15 +98,18 @@ def evolve_command(
     model: str | None,
     system: str,
     scripted: bool,
+    retry_failed: bool,
 ) -> None:
     """Solve the tasks of TASKS_SOURCE in batches, growing and merging the tool library.
 
     TASKS_SOURCE is a JSONL file (id, question, optional files and answer), or
-    `local`, `gsm8k[:PATH]`, `humaneval`. Killed at any moment, the same
-    command resumes after the last completed batch.
+    `local`, `gsm8k[:PATH]`, `humaneval`. Killed or interrupted at any moment,
+    the same command resumes after the last completed batch. Exit codes: 0 done,
+    2 configuration, 3 runtime or model endpoint, 130 interrupted.
     """
     from insitu.evals.tasks import TaskLoadError, load_tasks
     from insitu.evolve import RunMismatchError, evolve
+    from insitu.llm import ModelEndpointError
     from insitu.services import ConfigurationError
     from insitu.tool_store.errors import StoreError
 
@@ -95,10 +119,14 @@ def evolve_command(
         fail(str(exc), EXIT_CONFIG)
     if not tasks:
         fail(f"{tasks_source} holds no tasks", EXIT_CONFIG)
+    if concurrency is None:
+        # The batch size, unless batch_concurrency was set (--set, environment, config file).
+        given = setting_given("batch_concurrency")
+        concurrency = settings.batch_concurrency if given else batch_size
     settings = replace(
         settings,
         freeze_library=frozen or settings.freeze_library,
-        batch_concurrency=concurrency or batch_size,
+        batch_concurrency=concurrency,
     )
     if model:
         settings = settings.with_model(model)
@@ -114,7 +142,7 @@ def evolve_command(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as progress:
+    with interruptible(), Progress(*columns, console=err, transient=False) as progress:
         overall = progress.add_task("tasks", total=len(tasks))
         batches = progress.add_task("batches", total=-(-len(tasks) // batch_size))
 
@@ -140,14 +168,19 @@ def evolve_command(
                 system=system,
                 models=models,
                 scripted=scripted,
+                retry_failed=retry_failed,
                 tasks_source=tasks_source,
                 on_event=on_event,
                 on_batch=on_batch,
             )
-        except (ConfigurationError, RunMismatchError) as exc:
+        except ConfigurationError as exc:
+            fail_configuration(exc)
+        except RunMismatchError as exc:
             fail(str(exc), EXIT_CONFIG)
         except StoreError as exc:
             fail(str(exc), EXIT_RUNTIME)
+        except ModelEndpointError as exc:
+            fail_model_endpoint(exc)
     out.print(summary_table(summary))
     if banner:
         out.print(banner)

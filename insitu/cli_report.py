@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, say
+from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, say, settings_options
 
 
 @click.command("report")
@@ -33,6 +33,7 @@ from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, say
     show_default=True,
     help="How many of the most called tools to show per run.",
 )
+@settings_options
 def report(run_dirs: tuple[Path, ...], out_dir: Path | None, top: int) -> None:
     """Write report.html and PNG plots comparing the runs in RUN_DIR... (opens offline).
 
