@@ -19,9 +19,10 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
 from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
 
 from insitu.context import InsituContext
 from insitu.graphs.episode import RECURSION_LIMIT, compile_episode_graph

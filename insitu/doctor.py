@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from insitu.context import ROLES, InsituContext
 from insitu.llm import (
+    JSON_CHECK_SYSTEM,
     OPENAI_DEFAULT_URL,
     PROVIDER_PACKAGES,
     ConfigurationError,
@@ -66,8 +67,6 @@ _DEADLINE_GRACE_S = 5.0
 JSON_CHECK_MAX_TOKENS = 64
 #: Output tokens the tool-calling check allows: one small tool call needs a few dozen.
 TOOL_CHECK_MAX_TOKENS = 256
-#: The JSON check's instructions; a scripted test double can recognise them by these words.
-JSON_CHECK_SYSTEM = "You are checking JSON replies. Reply with only the JSON object asked for."
 JSON_CHECK_REQUEST = (
     'Reply with exactly this JSON object and nothing else: {"status": "ok", "number": 7}'
 )

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
@@ -224,9 +225,18 @@ def _openai_compatible(name: str, role: str, context: InsituContext) -> BaseChat
         max_retries=0,
         max_tokens=max_tokens,
         # The client sends max_completion_tokens; llama.cpp and older servers read only
-        # max_tokens, so a custom endpoint gets both.
-        extra_body={"max_tokens": max_tokens} if base_url else None,
+        # max_tokens, so any endpoint but OpenAI's own (whose reasoning models refuse
+        # max_tokens) gets both.
+        extra_body={"max_tokens": max_tokens} if _is_custom_endpoint(base_url) else None,
     )
+
+
+def _is_custom_endpoint(base_url: str | None) -> bool:
+    """Whether ``base_url`` is a server other than OpenAI's own API."""
+    if not base_url:
+        return False
+    host = urlsplit(base_url).hostname or ""
+    return not (host == "api.openai.com" or host.endswith(".openai.azure.com"))
 
 
 def endpoint_of(model: Any, context: InsituContext, role: str) -> tuple[str, str]:
@@ -345,7 +355,7 @@ def _hint(classified: _Classified, url: str, model: str) -> str:
     if classified.transient:
         return (
             f"Check that the server at {url} is running and reachable; raise request_timeout_s "
-            "or retry_budget_s for a slow one. Run the same command again to resume."
+            "or retry_budget_s for a slow one."
         )
     return "Run `insitu doctor` to check the endpoint."
 
@@ -457,6 +467,8 @@ _PROBE_TOOL = {
 }
 #: The probe's prompt; the scripted test team recognises it by its first words.
 PROBE_SYSTEM = "You are checking tool calling. Call the record_number tool with value 7."
+#: The JSON check's instructions (``insitu doctor``), recognised the same way.
+JSON_CHECK_SYSTEM = "You are checking JSON replies. Reply with only the JSON object asked for."
 _probe_lock = threading.Lock()
 _tool_calling_probes: dict[tuple[str, str], bool] = {}
 

@@ -146,6 +146,20 @@ def ask_text(
     return ""
 
 
+def echoes_prompt(text: str, prompt: Sequence[BaseMessage]) -> bool:
+    """Whether a reply repeats its prompt (a weak model's echo) instead of answering it.
+
+    Every prompt file has ``## `` section headings; an answer never repeats one.
+    """
+    headings = {
+        line.strip()
+        for message in prompt
+        for line in message_text(message).splitlines()
+        if line.startswith("## ")
+    }
+    return any(line.strip() in headings for line in text.splitlines())
+
+
 def failure_update(error: ModelEndpointError) -> dict[str, Any]:
     """The state update of a node whose model endpoint failed: the episode ends, failed."""
     emit("endpoint_failed", error.one_line(), role=error.role)

@@ -31,6 +31,7 @@ from insitu.llm import (
 )
 from insitu.nodes.common import (
     compact_json,
+    echoes_prompt,
     failure_update,
     files_section,
     prompt_messages,
@@ -488,6 +489,8 @@ def execute_task(
             continue
         conversation.add_reply(reply, [])
         reason = _why_not_a_result(final_text or "", reply, tools, recorder, used_before, context)
+        if reason is None and echoes_prompt(final_text or "", conversation.messages[:2]):
+            reason = "the reply repeats the instructions instead of giving a result"
         if reason is None:
             report = ExecutorReport(kind="done", message=final_text or "")
         elif reasks < context.max_reasks:

@@ -19,6 +19,7 @@ from insitu.llm import ModelEndpointError
 from insitu.nodes.common import (
     ask_text,
     compact_json,
+    echoes_prompt,
     failure_update,
     prompt_messages,
     settings,
@@ -116,7 +117,8 @@ def write_answer(
             "usage": usage_update(ROLE, usage),
             **failure_update(exc),
         }
-    usable = written if unusable_answer_reason(written) is None else ""
+    echo = echoes_prompt(written, messages)
+    usable = written if unusable_answer_reason(written) is None and not echo else ""
     if completed:
         report = state.get("report")
         answer = usable or (report["message"] if report else "")

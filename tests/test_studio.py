@@ -151,3 +151,38 @@ def test_batch_graph_runs_in_langgraph_dev(studio: tuple[str, Path]) -> None:
     assert final["commit"]["applied"]
     with ToolStore.open(store_dir, read_only=True) as store:
         assert store.get("compute_date_difference").version == 1
+
+
+def test_every_graph_has_its_schemas_in_studio(studio: tuple[str, Path]) -> None:
+    """Studio builds its forms from these: none may be missing (Python 3.11 included)."""
+    from langgraph_sdk import get_sync_client
+
+    url, _ = studio
+    client = get_sync_client(url=url)
+    for assistant in client.assistants.search():
+        schemas = client.assistants.get_schemas(assistant["assistant_id"])
+        for kind in ("input_schema", "output_schema", "state_schema", "context_schema"):
+            assert schemas.get(kind), f"{assistant['graph_id']}: no {kind}"
+        assert "properties" in schemas["context_schema"]
+
+
+def test_state_can_be_edited_at_a_node_through_the_sdk(studio: tuple[str, Path]) -> None:
+    """Studio's "edit state" and fork: ``update_state(as_node=...)`` then resume."""
+    from langgraph_sdk import get_sync_client
+
+    url, _ = studio
+    client = get_sync_client(url=url)
+    thread = client.threads.create()
+    client.runs.wait(
+        thread["thread_id"],
+        "episode",
+        input={"task": "Compute the average of 12, 7 and 20"},
+        interrupt_before=["execute_task"],
+    )
+    state = client.threads.get_state(thread["thread_id"])
+    assert state["next"] == ["execute_task"]
+    client.threads.update_state(
+        thread["thread_id"], {"guidance": "Call the tool once."}, as_node="plan_task"
+    )
+    final = client.runs.wait(thread["thread_id"], "episode", input=None)
+    assert final["status"] == "completed", final

@@ -19,7 +19,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from insitu.llm import PROBE_SYSTEM
+from insitu.llm import JSON_CHECK_SYSTEM, PROBE_SYSTEM
 
 #: The heading that the Executor's text protocol adds to its prompt.
 TEXT_PROTOCOL_HEADING = "## How to call a tool"
@@ -265,6 +265,8 @@ class ScriptedTeam:
         (read together); a tool-calling probe is answered with the probe's call.
         """
         first = prompt_text(messages)
+        if first.startswith(JSON_CHECK_SYSTEM):
+            return '{"status": "ok", "number": 7}'
         if first.startswith(PROBE_SYSTEM):
             if "record_number" in _tool_names(tools):
                 return {
