@@ -480,7 +480,7 @@ def run_speedup(
                 run_dir=run_dir,
                 batch_size=batch_size,
                 models=model,
-                store=store,  # type: ignore[arg-type]
+                tool_store=store,  # type: ignore[arg-type]
                 sandbox=sandbox,
                 context={
                     "store_dir": str(store_dir),
@@ -924,7 +924,7 @@ def run_absorb(
         store = TimingProxy(raw_store)
         sources = {s.name: s for s in [*library, *new]}
         model = TimedScriptedChatModel(responder=scripted_absorber(sources, pairs))
-        services = Services(models=model, store=store, sandbox=sandbox)  # type: ignore[arg-type]
+        services = Services(models=model, tool_store=store, sandbox=sandbox)  # type: ignore[arg-type]
         context = InsituContext(store_dir=str(store_dir), embedding=embedding)  # type: ignore[arg-type]
         results = [
             {

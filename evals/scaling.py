@@ -148,7 +148,7 @@ def measure_store(
     from insitu.services import Services
 
     context = InsituContext(store_dir=str(store.path), retrieval_k=retrieval_k)
-    services = Services(store=store)
+    services = Services(tool_store=store)
     everything = [
         Candidate(name=r.name, version=r.version, description=r.description, score=0.0, local=False)
         for r in store.list()

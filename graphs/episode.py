@@ -6,17 +6,22 @@
     execute_task -> write_answer | plan_task | build_tools
     write_answer -> reflect (subgraph) -> END
 
-``build_episode_graph()`` returns the uncompiled builder for composition;
-``graph`` is the compiled graph that ``langgraph.json`` exposes to Studio.
+``create_episode_graph()`` returns the compiled graph (to invoke, or to add to a
+parent graph; ``send_tasks`` fans a parent's tasks out to it);
+``build_episode_graph()`` returns the uncompiled builder; ``graph`` is the
+compiled graph that ``langgraph.json`` exposes to Studio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+from typing_extensions import TypedDict
 
 from insitu.context import InsituContext
 from insitu.graphs.reflection import build_reflection_graph
@@ -31,6 +36,8 @@ from insitu.services import Services
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.graph.state import CompiledStateGraph
 
     from insitu.sandbox import Sandbox
     from insitu.tool_store import ToolStore
@@ -43,9 +50,10 @@ RECURSION_LIMIT = 200
 def build_episode_graph(
     *,
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-    store: ToolStore | None = None,
+    tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     checkpoint_reflection: bool = True,
+    output_key: str | None = None,
 ) -> StateGraph:
     """Return the uncompiled episode graph.
 
@@ -54,23 +62,26 @@ def build_episode_graph(
             (``manager``, ``tool_developer``, ``executor``, ``integrator``,
             ``reflection``, ``default``). Default: ``ChatOpenAI`` per role from
             the context and environment.
-        store: An open ``ToolStore`` (default: the context's ``store_dir``).
+        tool_store: An open ``ToolStore`` (default: the context's ``store_dir``).
         sandbox: A ``Sandbox`` (default: one per process from the context).
         checkpoint_reflection: Whether the reflection subgraph checkpoints its
             steps with the episode's checkpointer (LangGraph lends a parent's
             checkpointer to subgraphs even when the parent itself keeps none,
             so an episode without checkpoints turns this off).
+        output_key: Put the output under this one key (see
+            :func:`create_episode_graph`).
 
     Returns:
-        A ``StateGraph`` with input ``EpisodeInput``, output ``EpisodeOutput`` and
-        context ``InsituContext``; compile it, or add it to a parent graph.
+        A ``StateGraph`` with input ``EpisodeInput``, output ``EpisodeOutput`` (or
+        ``{output_key: [EpisodeOutput]}``) and context ``InsituContext``; compile
+        it, or add it to a parent graph.
     """
-    services = Services(models=models, store=store, sandbox=sandbox)
+    services = Services(models=models, tool_store=tool_store, sandbox=sandbox)
     builder = StateGraph(
         EpisodeState,
         context_schema=InsituContext,
         input_schema=EpisodeInput,
-        output_schema=EpisodeOutput,
+        output_schema=EpisodeOutput if output_key is None else namespaced_output(output_key),
     )
     builder.add_node("prepare_workspace", partial(workspace.prepare_workspace, services=services))
     builder.add_node("plan_task", partial(manager.plan_task, services=services))
@@ -94,23 +105,99 @@ def build_episode_graph(
         "execute_task", route_after_execution, ["write_answer", "plan_task", "build_tools"]
     )
     builder.add_edge("write_answer", "reflect")
-    builder.add_edge("reflect", END)
+    if output_key is None:
+        builder.add_edge("reflect", END)
+        return builder
+    builder.add_node("package_output", partial(package_output, output_key=output_key))
+    builder.add_edge("reflect", "package_output")
+    builder.add_edge("package_output", END)
     return builder
 
 
-def compile_episode_graph(checkpointer=None, **kwargs):
-    """Compile :func:`build_episode_graph` with the recursion limit set.
+def namespaced_output(output_key: str) -> type:
+    """The output schema ``{output_key: [EpisodeOutput]}`` (a list, so parallel episodes add up)."""
+    return TypedDict(  # type: ignore[operator]
+        "NamespacedEpisodeOutput",
+        {output_key: Annotated[list[EpisodeOutput], operator.add]},
+    )
+
+
+def package_output(state: EpisodeState, *, output_key: str) -> dict[str, Any]:
+    """Node of a namespaced episode: its output keys, as one item under ``output_key``."""
+    output = {key: state[key] for key in EpisodeOutput.__annotations__ if key in state}
+    return {output_key: [output]}
+
+
+def create_episode_graph(
+    *,
+    models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+    tool_store: ToolStore | None = None,
+    sandbox: Sandbox | None = None,
+    checkpointer: BaseCheckpointSaver | bool | None = None,
+    name: str = "episode",
+    output_key: str | None = None,
+) -> CompiledStateGraph:
+    """Return the compiled episode graph, ready to invoke or to add to a parent graph.
 
     Args:
-        checkpointer: Optional LangGraph checkpointer (resume by thread id);
-            ``False``: no checkpoints at all, not even under a parent graph's
-            checkpointer (the reflection subgraph included).
-        **kwargs: Passed to :func:`build_episode_graph`.
+        models: A chat model for every role, or a mapping role -> model (see
+            :func:`build_episode_graph`).
+        tool_store: An open ``ToolStore`` (default: the context's ``store_dir``).
+        sandbox: A ``Sandbox`` (default: one per process from the context).
+        checkpointer: A LangGraph checkpointer (resume by thread id); ``None``
+            uses a parent graph's; ``False`` keeps no checkpoints at all, not
+            even under a parent's (the reflection subgraph included).
+        name: The graph's name (as a parent's subgraph and in traces).
+        output_key: Write the whole output as one item of a list under this key
+            instead of as top-level keys (``answer``, ``status``, ``usage``, …),
+            so that a parent's own keys are never overwritten and parallel
+            episodes (a ``Send`` fan-out, see :func:`send_tasks`) add up under a
+            list reducer.
+
+    Returns:
+        The compiled graph, with the recursion limit set.
     """
-    builder = build_episode_graph(checkpoint_reflection=checkpointer is not False, **kwargs)
-    compiled = builder.compile(checkpointer=checkpointer, name="episode")
+    builder = build_episode_graph(
+        models=models,
+        tool_store=tool_store,
+        sandbox=sandbox,
+        checkpoint_reflection=checkpointer is not False,
+        output_key=output_key,
+    )
+    compiled = builder.compile(checkpointer=checkpointer, name=name)
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
 
 
+def send_tasks(node: str, tasks_key: str = "tasks") -> Callable[[Mapping[str, Any]], list[Send]]:
+    """A router for a parent graph: one episode per task, run in parallel with ``Send``.
+
+    Each item of ``state[tasks_key]`` is a task text, or a dict with ``task``
+    (or ``question``) and optional ``task_id`` (or ``id``) and ``files``. Give
+    the episode node ``output_key`` (see :func:`create_episode_graph`) and the
+    parent that key with a list reducer, e.g.
+    ``episodes: Annotated[list[dict], operator.add]``.
+
+    Args:
+        node: The parent's node that runs the episode graph.
+        tasks_key: The parent's state key holding the tasks.
+    """
+
+    def fan_out(state: Mapping[str, Any]) -> list[Send]:
+        sends = []
+        for item in state.get(tasks_key) or []:
+            if isinstance(item, str):
+                sends.append(Send(node, {"task": item}))
+                continue
+            payload = {"task": item.get("task") or item.get("question") or ""}
+            if item.get("task_id") or item.get("id"):
+                payload["task_id"] = str(item.get("task_id") or item.get("id"))
+            if item.get("files"):
+                payload["files"] = list(item["files"])
+            sends.append(Send(node, payload))
+        return sends
+
+    return fan_out
+
+
 #: The compiled graph for LangGraph Studio (``langgraph.json``).
-graph = compile_episode_graph()
+graph = create_episode_graph()

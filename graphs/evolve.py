@@ -10,8 +10,9 @@ whose fan-out never ran, when a process was killed at the right moment).
 
 Every episode reads the library as it was at the start of the batch (episodes
 defer their commits) plus its own local tools, never another episode's.
-``build_evolve_graph()`` returns the uncompiled builder for composition;
-``graph`` is the compiled graph that ``langgraph.json`` serves.
+``create_evolve_graph()`` returns the compiled graph; ``build_evolve_graph()``
+the uncompiled builder; ``graph`` is the compiled graph that ``langgraph.json``
+serves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from insitu.context import InsituContext
-from insitu.graphs.episode import RECURSION_LIMIT, compile_episode_graph
+from insitu.graphs.episode import RECURSION_LIMIT, create_episode_graph
 from insitu.graphs.interpreter import build_interpreter_graph
 from insitu.graphs.routes import fan_out_tasks
 from insitu.graphs.state import TokenCounts, merge_usage
@@ -34,6 +35,8 @@ from insitu.services import Services
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.graph.state import CompiledStateGraph
 
     from insitu.sandbox import Sandbox
     from insitu.tool_store import ToolStore
@@ -90,7 +93,7 @@ class SolveInput(TypedDict):
 def build_evolve_graph(
     *,
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-    store: ToolStore | None = None,
+    tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     solver: Literal["episode", "interpreter"] = "episode",
 ) -> StateGraph:
@@ -99,7 +102,7 @@ def build_evolve_graph(
     Args:
         models: A chat model for every role, or a mapping role -> model (see
             ``build_episode_graph``; the ``absorber`` role confirms and merges).
-        store: An open ``ToolStore`` (default: the context's ``store_dir``).
+        tool_store: An open ``ToolStore`` (default: the context's ``store_dir``).
         sandbox: A ``Sandbox`` (default: one per process from the context).
         solver: The graph each task runs: the ``episode`` graph, or the
             python-interpreter baseline (``interpreter``; it builds no tools).
@@ -108,18 +111,18 @@ def build_evolve_graph(
         A ``StateGraph`` with input ``EvolveInput``, output ``EvolveOutput`` and
         context ``InsituContext``.
     """
-    services = Services(models=models, store=store, sandbox=sandbox)
+    services = Services(models=models, tool_store=tool_store, sandbox=sandbox)
     # Episodes keep no checkpoints of their own (checkpointer=False): a batch resumes
     # task by task (a finished episode's result is a saved write of the batch run;
     # an unfinished one runs again, harmlessly, as its commit was deferred), and
     # the dozen state snapshots per episode would cost every batch CPU time.
     if solver == "interpreter":
-        episode = build_interpreter_graph(models=models, store=store, sandbox=sandbox).compile(
-            checkpointer=False
-        )
+        episode = build_interpreter_graph(
+            models=models, tool_store=tool_store, sandbox=sandbox
+        ).compile(checkpointer=False)
     else:
-        episode = compile_episode_graph(
-            checkpointer=False, models=models, store=store, sandbox=sandbox
+        episode = create_episode_graph(
+            checkpointer=False, models=models, tool_store=tool_store, sandbox=sandbox
         )
     builder = StateGraph(
         EvolveState,
@@ -141,18 +144,32 @@ def build_evolve_graph(
     return builder
 
 
-def compile_evolve_graph(
-    checkpointer=None, *, max_concurrency: int = DEFAULT_CONCURRENCY, **kwargs
-):
-    """Compile :func:`build_evolve_graph` with recursion and concurrency limits.
+def create_evolve_graph(
+    *,
+    models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
+    tool_store: ToolStore | None = None,
+    sandbox: Sandbox | None = None,
+    solver: Literal["episode", "interpreter"] = "episode",
+    checkpointer: BaseCheckpointSaver | None = None,
+    name: str = "evolve",
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+) -> CompiledStateGraph:
+    """Return the compiled batch graph, with recursion and concurrency limits set.
 
     Args:
+        models: Chat model(s) (see :func:`build_evolve_graph`).
+        tool_store: An open ``ToolStore`` (default: the context's ``store_dir``).
+        sandbox: A ``Sandbox`` (default: one per process from the context).
+        solver: ``episode`` or the ``interpreter`` baseline.
         checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).
+        name: The graph's name.
         max_concurrency: Threads LangGraph may use for the batch's episodes; the
             context's ``batch_concurrency`` bounds how many actually run at once.
-        **kwargs: Passed to :func:`build_evolve_graph`.
     """
-    compiled = build_evolve_graph(**kwargs).compile(checkpointer=checkpointer, name="evolve")
+    builder = build_evolve_graph(
+        models=models, tool_store=tool_store, sandbox=sandbox, solver=solver
+    )
+    compiled = builder.compile(checkpointer=checkpointer, name=name)
     # LangGraph runs a streaming consumer's waiter in the same bounded pool as the
     # nodes: one extra slot keeps max_concurrency=1 from starving the only episode.
     return compiled.with_config(
@@ -161,4 +178,4 @@ def compile_evolve_graph(
 
 
 #: The compiled graph for LangGraph Studio (``langgraph.json``).
-graph = compile_evolve_graph()
+graph = create_evolve_graph()

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 def build_interpreter_graph(
     *,
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-    store: ToolStore | None = None,
+    tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
 ) -> StateGraph:
     """Return the uncompiled baseline graph (arguments as ``build_episode_graph``)."""
-    services = Services(models=models, store=store, sandbox=sandbox)
+    services = Services(models=models, tool_store=tool_store, sandbox=sandbox)
     builder = StateGraph(
         EpisodeState,
         context_schema=InsituContext,

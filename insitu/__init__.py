@@ -3,7 +3,9 @@
 The public API, imported lazily so that ``insitu --help`` stays fast:
 
 * :func:`run_task` and :class:`EpisodeResult` — solve one task against a store.
-* :func:`build_episode_graph` — the episode graph, uncompiled, for composition.
+* :func:`create_episode_graph` / :func:`create_evolve_graph` — the compiled graphs,
+  to invoke or to add to a graph of your own; :func:`send_tasks` fans a parent's
+  tasks out to episodes; :func:`build_episode_graph` — the uncompiled builder.
 * :class:`InsituContext` — every setting (the graphs' ``context_schema``).
 * :class:`ToolStore` — the persistent tool library.
 """
@@ -18,7 +20,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from insitu.api import EpisodeResult, run_task
     from insitu.context import InsituContext
-    from insitu.graphs.episode import build_episode_graph
+    from insitu.graphs.episode import build_episode_graph, create_episode_graph, send_tasks
+    from insitu.graphs.evolve import create_evolve_graph
     from insitu.tool_store import ToolStore
 
 _LAZY = {
@@ -26,6 +29,9 @@ _LAZY = {
     "run_task": "insitu.api",
     "InsituContext": "insitu.context",
     "build_episode_graph": "insitu.graphs.episode",
+    "create_episode_graph": "insitu.graphs.episode",
+    "create_evolve_graph": "insitu.graphs.evolve",
+    "send_tasks": "insitu.graphs.episode",
     "ToolStore": "insitu.tool_store",
 }
 
@@ -35,7 +41,10 @@ __all__ = [
     "ToolStore",
     "__version__",
     "build_episode_graph",
+    "create_episode_graph",
+    "create_evolve_graph",
     "run_task",
+    "send_tasks",
 ]
 
 

@@ -27,6 +27,7 @@ from insitu.services import check_model_configuration
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from insitu.sandbox import Sandbox
@@ -89,11 +90,12 @@ def run_task(
     context: InsituContext | Mapping[str, Any] | None = None,
     store_dir: str | Path | None = None,
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-    store: ToolStore | None = None,
+    tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     thread_id: str | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: bool = True,
+    checkpointer: BaseCheckpointSaver | None = None,
 ) -> EpisodeResult:
     """Solve one task with the episode graph.
 
@@ -105,11 +107,13 @@ def run_task(
         context: Settings (``InsituContext`` or a dict of its fields).
         store_dir: Shortcut for ``context.store_dir``.
         models: Chat model(s) to use instead of ``ChatOpenAI`` from the environment.
-        store: An open ``ToolStore`` to use.
+        tool_store: An open ``ToolStore`` to use.
         sandbox: A ``Sandbox`` to use.
         thread_id: Checkpoint thread (default: the task id).
         on_event: Receives each progress event (dicts with ``event`` and ``message``).
         checkpoint: Keep a SQLite checkpoint in the store directory.
+        checkpointer: A LangGraph checkpointer to use instead (e.g. Postgres, or
+            the one of your own application); ``checkpoint`` is then ignored.
 
     Returns:
         The answer, status, tools used and created, counters and token usage.
@@ -122,7 +126,7 @@ def run_task(
             or the preflight found it dead; ``error.result`` holds the episode's
             result (tokens spent included) when the episode ran.
     """
-    from insitu.graphs.episode import compile_episode_graph
+    from insitu.graphs.episode import create_episode_graph
     from insitu.llm import ModelEndpointError, preflight
     from insitu.nodes.workspace import check_task
     from insitu.services import Services
@@ -150,20 +154,23 @@ def run_task(
     config = {"configurable": {"thread_id": thread}}
 
     def execute(checkpointer: Any) -> dict[str, Any]:
-        graph = compile_episode_graph(
-            checkpointer=checkpointer, models=models, store=store, sandbox=sandbox
+        graph = create_episode_graph(
+            checkpointer=checkpointer, models=models, tool_store=tool_store, sandbox=sandbox
         )
         final: dict[str, Any] = {}
-        for mode, chunk in graph.stream(
-            payload, config, context=settings, stream_mode=["custom", "values"]
+        # subgraphs=True: the reflection subgraph's progress events reach on_event too.
+        for namespace, mode, chunk in graph.stream(
+            payload, config, context=settings, stream_mode=["custom", "values"], subgraphs=True
         ):
             if mode == "custom" and on_event is not None:
                 on_event(chunk)
-            elif mode == "values":
+            elif mode == "values" and not namespace:
                 final = chunk
         return final
 
-    if checkpoint:
+    if checkpointer is not None:
+        final = execute(checkpointer)
+    elif checkpoint:
         with sqlite_checkpointer(settings.store_dir) as saver:
             final = execute(saver)
     else:

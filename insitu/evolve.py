@@ -482,7 +482,7 @@ def evolve(
     context: InsituContext | Mapping[str, Any] | None = None,
     store_dir: str | Path | None = None,
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-    store: ToolStore | None = None,
+    tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     system: str = "insitu",
     solver: Literal["episode", "interpreter"] = "episode",
@@ -502,7 +502,7 @@ def evolve(
             ``max_consecutive_endpoint_failures`` stops a run during an outage).
         store_dir: Shortcut for ``context.store_dir``.
         models: Chat model(s) instead of ``ChatOpenAI`` from the environment.
-        store: An open ``ToolStore`` to use.
+        tool_store: An open ``ToolStore`` to use.
         sandbox: A ``Sandbox`` to use.
         system: The name reports give this run.
         solver: ``episode`` (the agent), or ``interpreter`` (the python-interpreter
@@ -527,7 +527,7 @@ def evolve(
         ValueError: Duplicate task ids or a bad batch size.
     """
     from insitu.api import sqlite_checkpointer
-    from insitu.graphs.evolve import compile_evolve_graph
+    from insitu.graphs.evolve import create_evolve_graph
 
     settings = InsituContext.coerce(context)
     if store_dir is not None:
@@ -573,17 +573,17 @@ def evolve(
     # (batch, retry, task id) of every line: a pass resumed after its lines were
     # (partly) written writes only the missing ones.
     written = {(int(p.get("batch", 0)), int(p.get("retry", 0)), p["id"]) for p in predictions}
-    store = store if store is not None else open_store(settings)
+    store = tool_store if tool_store is not None else open_store(settings)
     outage = _OutageWatch(settings.max_consecutive_endpoint_failures)
     started = time.monotonic()
     with ExitStack() as stack:
         saver = stack.enter_context(sqlite_checkpointer(run_dir, CHECKPOINTS_FILE))
         api_base = stack.enter_context(_local_api_if_needed(tasks))
-        graph = compile_evolve_graph(
+        graph = create_evolve_graph(
             checkpointer=saver,
             max_concurrency=settings.batch_concurrency,
             models=models,
-            store=store,
+            tool_store=store,
             sandbox=sandbox,
             solver=solver,
         )

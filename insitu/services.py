@@ -139,7 +139,7 @@ class Services:
         models: One chat model for every role, or a mapping role -> model
             (missing roles fall back to ``"default"`` in the mapping, then to
             the model the context names, see :func:`insitu.llm.build_chat_model`).
-        store: An open ``ToolStore`` to use instead of opening ``store_dir``.
+        tool_store: An open ``ToolStore`` to use instead of opening ``store_dir``.
         sandbox: A ``Sandbox`` to use instead of the per-process default.
     """
 
@@ -147,7 +147,7 @@ class Services:
         self,
         *,
         models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
-        store: ToolStore | None = None,
+        tool_store: ToolStore | None = None,
         sandbox: Sandbox | None = None,
     ) -> None:
         if isinstance(models, Mapping):
@@ -158,7 +158,7 @@ class Services:
                     f"{', '.join(ROLES)} (or 'default')"
                 )
         self._models = models
-        self._store = store
+        self._store = tool_store
         self._sandbox = sandbox
 
     def chat_model(self, role: str, context: InsituContext) -> BaseChatModel:

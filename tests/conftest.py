@@ -44,7 +44,7 @@ def run_episode(
             task,
             files=files,
             models=models,
-            store=store,
+            tool_store=store,
             sandbox=sandbox,
             context={"store_dir": str(store.path), **context},
             on_event=events.append,

@@ -16,3 +16,37 @@ def test_compose_example_runs(tmp_path, monkeypatch) -> None:
     assert final["tools_created"] == ["summarize_numbers"]
     # The parent's own key was not clobbered by the subgraph.
     assert final["question"] == "What is the mean of 3, 5, 10 and 2?"
+
+
+def test_fan_out_example_runs_parallel_episodes_under_one_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(ROOT / "examples" / "fan_out_episodes.py"), run_name="example")
+    final = namespace["main"](tmp_path / "store")
+    assert len(final["episodes"]) == 3
+    answers = sorted(e["answer"] for e in final["episodes"])
+    assert answers == ["60 days", "mean 13, median 12", "mean 5, median 4"]
+    assert all(e["status"] == "completed" and e["usage"] for e in final["episodes"])
+    # The parent's own keys are its own: the episodes wrote only under "episodes".
+    assert final["status"] == "reviewed"
+    assert final["summary"] == "3/3 answered"
+    assert "answer" not in final and "usage" not in final
+
+
+def test_quickstart_python_snippets_run_as_written(tmp_path, monkeypatch) -> None:
+    """Every ```python block of docs/quickstart.md runs (offline: a scripted endpoint)."""
+    import re
+
+    from insitu.testing import ScriptedOpenAIServer
+    from insitu.testing.team import ScriptedTeam
+
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INSITU_EMBEDDING", "hashing")
+    with ScriptedOpenAIServer(ScriptedTeam().openai_responder(), api_key="k") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        for block in blocks:
+            code = compile(block, "quickstart.md", "exec", dont_inherit=True)
+            exec(code, {"__name__": "quickstart"})

@@ -80,7 +80,7 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Scripted
 def _solve(store: ToolStore, sandbox: Any, server: ScriptedOpenAIServer, **extra: Any) -> Any:
     return run_task(
         MEAN_TASK,
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context={"store_dir": str(store.path), "openai_base_url": server.base_url, **FAST, **extra},
         checkpoint=False,

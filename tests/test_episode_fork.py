@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from insitu.graphs.episode import compile_episode_graph
+from insitu.graphs.episode import create_episode_graph
 from insitu.graphs.routes import route_after_building, route_after_execution
 from insitu.testing.team import ScriptedTeam
 
@@ -18,8 +18,8 @@ MEAN_TASK = "What is the mean of 3, 5, 10 and 2?"
 
 @pytest.mark.parametrize("node", ["plan_task", "build_tools", "execute_task", "write_answer"])
 def test_every_node_can_be_the_as_node_of_update_state(node, store, sandbox) -> None:
-    graph = compile_episode_graph(
-        checkpointer=InMemorySaver(), models=ScriptedTeam().model(), store=store, sandbox=sandbox
+    graph = create_episode_graph(
+        checkpointer=InMemorySaver(), models=ScriptedTeam().model(), tool_store=store, sandbox=sandbox
     )
     config = {"configurable": {"thread_id": f"fork-{node}"}}
     context = {"store_dir": str(store.path)}

@@ -10,7 +10,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from insitu.api import run_task, sqlite_checkpointer
-from insitu.graphs.episode import compile_episode_graph
+from insitu.graphs.episode import create_episode_graph
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import ScriptedTeam, prompt_text
 from insitu.tool_store import ChangeSet, ToolStore
@@ -47,7 +47,7 @@ def manager_prompt(store: ToolStore, tmp_path: Path) -> str:
     run_task(
         "What is the mean of 3, 5, 10 and 2?",
         models=ScriptedChatModel(responder=responder),
-        store=store,
+        tool_store=store,
         context={"store_dir": str(tmp_path), "freeze_library": True},
         checkpoint=False,
     )
@@ -70,7 +70,7 @@ def test_interrupted_episode_resumes_from_its_checkpoint(tmp_path: Path) -> None
     with ToolStore.open(tmp_path / "store", embedding="hashing") as store:
         context = {"store_dir": str(tmp_path)}
         with sqlite_checkpointer(tmp_path) as saver:
-            graph = compile_episode_graph(checkpointer=saver, models=team.model(), store=store)
+            graph = create_episode_graph(checkpointer=saver, models=team.model(), tool_store=store)
             config = {"configurable": {"thread_id": "t1"}}
             # Stop before the ToolDeveloper runs, as a crash there would.
             graph.invoke(
@@ -83,7 +83,7 @@ def test_interrupted_episode_resumes_from_its_checkpoint(tmp_path: Path) -> None
             assert store.count() == 0
         planned = team.role_calls["manager"]
         # A new process would do exactly this: resume the thread from the checkpoint file.
-        result = run_task(None, thread_id="t1", models=team.model(), store=store, context=context)
+        result = run_task(None, thread_id="t1", models=team.model(), tool_store=store, context=context)
         assert result.status == "completed"
         assert result.answer == "mean 5, median 4"
         assert team.role_calls["manager"] == planned  # the plan was not made again
@@ -118,7 +118,7 @@ def test_an_episode_resumed_after_its_statistics_counts_each_call_once(
 
         store.record_calls = record_then_crash  # type: ignore[method-assign]
         context = {"store_dir": str(tmp_path)}
-        kwargs = {"models": team.model(), "store": store, "sandbox": sandbox, "context": context}
+        kwargs = {"models": team.model(), "tool_store": store, "sandbox": sandbox, "context": context}
         with pytest.raises(RuntimeError):
             run_task("What is the mean of 3, 5, 10 and 2?", thread_id="t1", **kwargs)
         assert crashed and store.get("summarize_numbers").stats.calls == 1

@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage
 
 from insitu.evals.tasks import Task
 from insitu.evolve import evolve, read_jsonl
-from insitu.graphs.evolve import compile_evolve_graph
+from insitu.graphs.evolve import create_evolve_graph
 from insitu.llm import ModelEndpointError
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import (
@@ -99,7 +99,7 @@ def minilm_store(tmp_path: Path):
 
 
 def run_batch(store, sandbox, models, tasks, **context) -> dict[str, Any]:
-    graph = compile_evolve_graph(models=models, store=store, sandbox=sandbox)
+    graph = create_evolve_graph(models=models, tool_store=store, sandbox=sandbox)
     return graph.invoke(
         {"tasks": tasks, "batch_id": "b1"},
         context={"store_dir": str(store.path), **context},
@@ -237,8 +237,8 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
                 active[0] -= 1
         return team.respond(messages, tools)
 
-    graph = compile_evolve_graph(
-        models=ScriptedChatModel(responder=responder), store=store, sandbox=sandbox
+    graph = create_evolve_graph(
+        models=ScriptedChatModel(responder=responder), tool_store=store, sandbox=sandbox
     )
     questions = [q["question"] for q in scripted_stream(6)]
     graph.invoke(
@@ -251,7 +251,7 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
 def test_library_calls_are_counted_once_by_the_batch_commit(store, sandbox, tmp_path) -> None:
     add_tool(store, sandbox, SUMMARIZE_NUMBERS, tmp_path)
     team = ScriptedTeam()
-    graph = compile_evolve_graph(models=team.model(), store=store, sandbox=sandbox)
+    graph = create_evolve_graph(models=team.model(), tool_store=store, sandbox=sandbox)
     context = {"store_dir": str(store.path)}
     batch = {"tasks": tasks_of(MEAN, "Compute the average of 1, 2, 3 and 10"), "batch_id": "b1"}
     seen_during: list[int] = []
@@ -275,7 +275,7 @@ def test_library_calls_are_counted_once_by_the_batch_commit(store, sandbox, tmp_
     from insitu.services import Services
 
     runtime = type("R", (), {"context": context})()
-    again = commit_batch({**out, "changes": {}}, runtime, services=Services(store=store))
+    again = commit_batch({**out, "changes": {}}, runtime, services=Services(tool_store=store))
     assert again["commit"]["calls_recorded"] == 0
     assert store.get("summarize_numbers").stats.calls == 2
 
@@ -389,7 +389,7 @@ def test_recurring_capabilities_are_reused_and_egl_falls(store, sandbox, tmp_pat
         run_dir=tmp_path / "run",
         batch_size=4,
         models=team.model(),
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context={"store_dir": str(store.path)},
         scripted=True,
@@ -411,7 +411,7 @@ def test_frozen_run_builds_nothing(store, sandbox, tmp_path) -> None:
         run_dir=tmp_path / "run",
         batch_size=2,
         models=ScriptedTeam().model(),
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context={"store_dir": str(store.path), "freeze_library": True},
     )
@@ -424,7 +424,7 @@ def test_a_run_dir_refuses_another_run(store, sandbox, tmp_path) -> None:
     from insitu.evolve import RunMismatchError
 
     tasks = [Task(**t) for t in scripted_stream(2)]
-    kwargs = {"models": ScriptedTeam().model(), "store": store, "sandbox": sandbox}
+    kwargs = {"models": ScriptedTeam().model(), "tool_store": store, "sandbox": sandbox}
     evolve(tasks, run_dir=tmp_path / "run", batch_size=2, **kwargs)
     with pytest.raises(RunMismatchError, match="batch_size"):
         evolve(tasks, run_dir=tmp_path / "run", batch_size=1, **kwargs)
@@ -438,7 +438,7 @@ def test_one_episode_at_a_time_does_not_deadlock(store, sandbox, tmp_path) -> No
         run_dir=tmp_path / "run",
         batch_size=2,
         models=ScriptedTeam().model(),
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context={"store_dir": str(store.path), "batch_concurrency": 1},
         on_event=lambda event: None,  # streaming, as the CLI does

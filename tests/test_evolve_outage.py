@@ -34,7 +34,7 @@ from insitu.evolve import (
     read_predictions,
     summarize_run,
 )
-from insitu.graphs.evolve import compile_evolve_graph
+from insitu.graphs.evolve import create_evolve_graph
 from insitu.llm import ModelEndpointError
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import ScriptedTeam, scripted_stream
@@ -100,7 +100,7 @@ def run(tasks, run_dir: Path, endpoint: Endpoint, store, sandbox, **kwargs: Any)
         tasks,
         run_dir=run_dir,
         models=endpoint.model(),
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context=context,
         scripted=True,
@@ -400,7 +400,7 @@ def test_a_batch_killed_after_its_input_checkpoint_is_run_not_lost(sandbox, tmp_
     assert child.returncode == 17, child.stderr[-2000:]
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     with sqlite_checkpointer(run_dir, CHECKPOINTS_FILE) as saver:
-        graph = compile_evolve_graph(checkpointer=saver, models=ScriptedTeam().model())
+        graph = create_evolve_graph(checkpointer=saver, models=ScriptedTeam().model())
         snapshot = graph.get_state({"configurable": {"thread_id": f"{run_id}:batch-1"}})
     # The state that looked finished: the input is there, nothing is pending, no results.
     assert [t["id"] for t in snapshot.values["tasks"]] == [t.id for t in tasks[:2]]

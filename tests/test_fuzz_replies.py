@@ -112,7 +112,7 @@ def test_a_thousand_malformed_replies_never_break_an_episode(
             f"{task} (case {number})",
             files=[data] if "data.csv" in task else [],
             models=model,
-            store=store,
+            tool_store=store,
             sandbox=fast_sandbox,
             context=_settings(store),
             checkpoint=False,
@@ -145,7 +145,7 @@ def test_malformed_replies_over_http_end_cleanly(
         for number in range(12):
             result = run_task(
                 f"{rng.choice(TASKS)} (wire case {number})",
-                store=store,
+                tool_store=store,
                 sandbox=fast_sandbox,
                 context=_settings(
                     store,

@@ -527,7 +527,7 @@ def test_report_on_a_real_scripted_evolve_run(store: Any, sandbox: Any, tmp_path
         run_dir=run_dir,
         batch_size=4,
         models=ScriptedTeam().model(),
-        store=store,
+        tool_store=store,
         sandbox=sandbox,
         context={"store_dir": str(store.path)},
         scripted=True,
