@@ -588,8 +588,9 @@ def _register_commands() -> None:
     from insitu.cli_eval import eval_group
     from insitu.cli_evolve import evolve_command
     from insitu.cli_report import report
+    from insitu.cli_studio import scripted_endpoint
 
-    for command in (run, demo, evolve_command, report, eval_group, doctor):
+    for command in (run, demo, evolve_command, report, eval_group, doctor, scripted_endpoint):
         main.add_command(command)
 
 

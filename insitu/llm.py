@@ -360,6 +360,17 @@ def _hint(classified: _Classified, url: str, model: str) -> str:
     return "Run `insitu doctor` to check the endpoint."
 
 
+#: The tag of every model call whose reply is the team's own work, not the final answer:
+#: a chat UI reading the ``messages`` stream mode can drop chunks tagged with it.
+INTERNAL_TAG = "insitu:internal"
+
+
+def call_tags(role: str) -> list[str]:
+    """Tags of a role's model calls (``insitu:<role>``; ``insitu:internal`` but for the answer)."""
+    tags = ["insitu", f"insitu:{role}"]
+    return tags if role == "integrator" else [*tags, INTERNAL_TAG]
+
+
 def unreadable_reply(reason: str) -> AIMessage:
     """A reply that stands for one the client could not decode (see ``UNREADABLE_KEY``)."""
     return AIMessage(content="", response_metadata={UNREADABLE_KEY: reason})
@@ -394,9 +405,10 @@ def call_model(
     """
     started = time.monotonic()
     attempt = 0
+    config = {"tags": call_tags(role)}
     while True:
         try:
-            reply = model.invoke(list(messages))
+            reply = model.invoke(list(messages), config=config)
         except Exception as exc:
             classified = classify(exc)
             if classified.unreadable:

@@ -50,3 +50,27 @@ def test_quickstart_python_snippets_run_as_written(tmp_path, monkeypatch) -> Non
         for block in blocks:
             code = compile(block, "quickstart.md", "exec", dont_inherit=True)
             exec(code, {"__name__": "quickstart"})
+
+
+def test_model_calls_are_tagged_for_chat_uis(tmp_path) -> None:
+    """A chat UI streaming ``messages`` can tell the answer from the team's internal calls."""
+    from insitu import InsituContext, create_episode_graph
+    from insitu.llm import INTERNAL_TAG
+    from insitu.testing.team import ScriptedTeam
+
+    graph = create_episode_graph(models=ScriptedTeam().model())
+    context = InsituContext(store_dir=str(tmp_path / "store"), embedding="hashing")
+    answer, internal = [], set()
+    for _namespace, (chunk, metadata) in graph.stream(
+        {"task": "What is the mean of 3, 5, 10 and 2?"},
+        context=context,
+        stream_mode="messages",
+        subgraphs=True,
+    ):
+        tags = metadata.get("tags") or []
+        if INTERNAL_TAG in tags:
+            internal.add(metadata["langgraph_node"])
+        elif "insitu:integrator" in tags:
+            answer.append(chunk.content)
+    assert internal == {"plan_task", "build_tools", "execute_task", "summarize_episode"}
+    assert "".join(answer) == "mean 5, median 4"
