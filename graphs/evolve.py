@@ -2,7 +2,8 @@
 
     START --Send per task--> solve_task (the episode graph, one per task)
     solve_task   -> absorb_tools (cluster + merge the batch's new tools)
-    absorb_tools -> commit_batch (one atomic, idempotent commit) -> END
+    absorb_tools -> review_tools (a human decision, only with tool_approval)
+    review_tools -> commit_batch (one atomic, idempotent commit) -> END
 
 ``commit_batch`` also writes ``finished_at``: a batch is finished only when its
 state has that marker (a checkpoint without pending nodes can still be one
@@ -30,7 +31,7 @@ from insitu.graphs.episode import RECURSION_LIMIT, create_episode_graph
 from insitu.graphs.interpreter import build_interpreter_graph
 from insitu.graphs.routes import fan_out_tasks
 from insitu.graphs.state import TokenCounts, merge_usage
-from insitu.nodes import absorb, batch
+from insitu.nodes import absorb, batch, review
 from insitu.services import Services
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class EvolveOutput(TypedDict):
     absorb: dict[str, Any]
     commit: dict[str, Any]
     usage: dict[str, TokenCounts]
+    rejected_tools: NotRequired[list[dict[str, Any]]]
     finished_at: str
 
 
@@ -81,6 +83,7 @@ class EvolveState(TypedDict, total=False):
     absorb: dict[str, Any]
     commit: dict[str, Any]
     usage: Annotated[dict[str, TokenCounts], merge_usage]
+    rejected_tools: list[dict[str, Any]]  # by a human reviewer (tool_approval)
     finished_at: str  # ISO time; written by commit_batch, the last node: the batch is done
 
 
@@ -136,10 +139,12 @@ def build_evolve_graph(
         input_schema=SolveInput,
     )
     builder.add_node("absorb_tools", partial(absorb.absorb_tools, services=services))
+    builder.add_node("review_tools", partial(review.review_batch_tools, services=services))
     builder.add_node("commit_batch", partial(absorb.commit_batch, services=services))
     builder.add_conditional_edges(START, fan_out_tasks, ["solve_task", "absorb_tools"])
     builder.add_edge("solve_task", "absorb_tools")
-    builder.add_edge("absorb_tools", "commit_batch")
+    builder.add_edge("absorb_tools", "review_tools")
+    builder.add_edge("review_tools", "commit_batch")
     builder.add_edge("commit_batch", END)
     return builder
 

@@ -1,6 +1,9 @@
 """The reflection subgraph: runs after an episode's answer is written.
 
-update_tool_stats -> repair_failed_tools -> commit_tools -> summarize_episode
+update_tool_stats -> repair_failed_tools -> review_tools -> commit_tools -> summarize_episode
+
+``review_tools`` pauses for a human decision (a LangGraph interrupt) only when
+``tool_approval`` asks for it (see ``nodes/review.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from insitu.graphs.state import (
     Invocation,
     TokenCounts,
 )
-from insitu.nodes import reflection
+from insitu.nodes import reflection, review
 from insitu.services import Services
 
 
@@ -54,6 +57,7 @@ class ReflectionOutput(TypedDict):
     new_tools: list[dict[str, Any]]
     library_calls: list[dict[str, Any]]
     commit_error: NotRequired[str]
+    rejected_tools: NotRequired[list[dict[str, Any]]]
     reflection: str
     usage: dict[str, TokenCounts]
 
@@ -75,11 +79,13 @@ def build_reflection_graph(services: Services | None = None) -> StateGraph:
     builder.add_node(
         "repair_failed_tools", partial(reflection.repair_failed_tools, services=services)
     )
+    builder.add_node("review_tools", partial(review.review_episode_tools, services=services))
     builder.add_node("commit_tools", partial(reflection.commit_tools, services=services))
     builder.add_node("summarize_episode", partial(reflection.summarize_episode, services=services))
     builder.add_edge(START, "update_tool_stats")
     builder.add_edge("update_tool_stats", "repair_failed_tools")
-    builder.add_edge("repair_failed_tools", "commit_tools")
+    builder.add_edge("repair_failed_tools", "review_tools")
+    builder.add_edge("review_tools", "commit_tools")
     builder.add_edge("commit_tools", "summarize_episode")
     builder.add_edge("summarize_episode", END)
     return builder

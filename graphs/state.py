@@ -45,10 +45,19 @@ def merge_usage(
 
 
 def merge_records(
-    left: dict[str, dict[str, Any]] | None, right: dict[str, dict[str, Any]] | None
+    left: dict[str, dict[str, Any]] | None, right: dict[str, dict[str, Any] | None] | None
 ) -> dict[str, dict[str, Any]]:
-    """Reducer: tool records by name; a later version of a name replaces the earlier."""
-    return {**(left or {}), **(right or {})}
+    """Reducer: tool records by name; a later version of a name replaces the earlier.
+
+    A name mapped to ``None`` is dropped (a tool a reviewer rejected).
+    """
+    merged = {**(left or {})}
+    for name, record in (right or {}).items():
+        if record is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = record
+    return merged
 
 
 class Candidate(TypedDict):
@@ -153,6 +162,7 @@ class EpisodeOutput(TypedDict):
     library_calls: list[dict[str, Any]]
     commit_error: NotRequired[str]
     failure: NotRequired[EpisodeFailure]
+    rejected_tools: NotRequired[list[dict[str, Any]]]
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
     reflection: str
@@ -197,5 +207,7 @@ class EpisodeState(TypedDict, total=False):
     commit_error: str
     metrics: EpisodeMetrics
     reflection: str
+    # a human reviewer (tool_approval): tools kept out of the library, with the reason
+    rejected_tools: Annotated[list[dict[str, Any]], operator.add]
     # any role
     failure: EpisodeFailure

@@ -40,7 +40,7 @@ class EpisodeResult(BaseModel):
     task_id: str
     thread_id: str
     answer: str
-    status: str = Field(description="completed | incomplete | failed")
+    status: str = Field(description="completed | incomplete | failed | awaiting_review")
     tools_used: list[str] = Field(default_factory=list)
     tools_created: list[str] = Field(default_factory=list)
     tools_repaired: list[str] = Field(default_factory=list)
@@ -49,6 +49,14 @@ class EpisodeResult(BaseModel):
     reflection: str = ""
     failure: dict[str, Any] | None = Field(
         default=None, description="Why a failed task failed (a model endpoint), as a record."
+    )
+    review: dict[str, Any] | None = Field(
+        default=None,
+        description="The tools awaiting a reviewer's decision (status awaiting_review); "
+        "resume with run_task(None, thread_id=..., resume=decisions).",
+    )
+    rejected_tools: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tools a reviewer kept out of the library."
     )
 
     @property
@@ -96,12 +104,13 @@ def run_task(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: bool = True,
     checkpointer: BaseCheckpointSaver | None = None,
+    resume: Any = None,
 ) -> EpisodeResult:
     """Solve one task with the episode graph.
 
     Args:
         task: The question or instruction. ``None`` resumes ``thread_id`` from
-            its last checkpoint.
+            its last checkpoint (with ``resume``: a run paused for a review).
         files: Files copied into the task's working directory.
         task_id: Stable id (default: derived from the task text).
         context: Settings (``InsituContext`` or a dict of its fields).
@@ -114,9 +123,14 @@ def run_task(
         checkpoint: Keep a SQLite checkpoint in the store directory.
         checkpointer: A LangGraph checkpointer to use instead (e.g. Postgres, or
             the one of your own application); ``checkpoint`` is then ignored.
+        resume: The reviewer's decisions for a run paused by ``tool_approval``
+            (``result.status == "awaiting_review"``): passed as
+            ``Command(resume=...)``; see ``insitu.nodes.review`` for their form.
 
     Returns:
-        The answer, status, tools used and created, counters and token usage.
+        The answer, status, tools used and created, counters and token usage;
+        or, paused for a review, status ``awaiting_review`` with the tools to
+        review in ``review``.
 
     Raises:
         ConfigurationError: No model endpoint and no injected models, or an
@@ -126,8 +140,10 @@ def run_task(
             or the preflight found it dead; ``error.result`` holds the episode's
             result (tokens spent included) when the episode ran.
     """
+    from langgraph.types import Command
+
     from insitu.graphs.episode import create_episode_graph
-    from insitu.llm import ModelEndpointError, preflight
+    from insitu.llm import ConfigurationError, ModelEndpointError, preflight
     from insitu.nodes.workspace import check_task
     from insitu.services import Services
 
@@ -139,9 +155,18 @@ def run_task(
         preflight(settings)
     else:
         Services(models=models).check_models(settings)
-    if task is not None:
+    if settings.tool_approval != "none" and checkpointer is None and not checkpoint:
+        raise ConfigurationError(
+            "tool_approval pauses the run until a reviewer decides, which needs checkpoints: "
+            "pass checkpoint=True or a checkpointer"
+        )
+    if resume is not None:
+        if thread_id is None:
+            raise ValueError("resume= needs the thread_id of the run paused for a review")
+        payload: Any = Command(resume=resume)
+    elif task is not None:
         task, task_id = check_task({"task": task, "task_id": task_id})
-        payload: dict[str, Any] | None = {
+        payload = {
             "task": task,
             "task_id": task_id,
             "files": [str(f) for f in files],
@@ -158,15 +183,22 @@ def run_task(
             checkpointer=checkpointer, models=models, tool_store=tool_store, sandbox=sandbox
         )
         final: dict[str, Any] = {}
+        review: dict[str, Any] | None = None
         # subgraphs=True: the reflection subgraph's progress events reach on_event too.
         for namespace, mode, chunk in graph.stream(
-            payload, config, context=settings, stream_mode=["custom", "values"], subgraphs=True
+            payload,
+            config,
+            context=settings,
+            stream_mode=["custom", "values", "updates"],
+            subgraphs=True,
         ):
             if mode == "custom" and on_event is not None:
                 on_event(chunk)
             elif mode == "values" and not namespace:
                 final = chunk
-        return final
+            elif mode == "updates" and not namespace and "__interrupt__" in chunk:
+                review = chunk["__interrupt__"][0].value
+        return {**final, "review": review} if review else final
 
     if checkpointer is not None:
         final = execute(checkpointer)
@@ -175,11 +207,12 @@ def run_task(
             final = execute(saver)
     else:
         final = execute(None)
+    review = final.get("review")
     result = EpisodeResult(
         task_id=final.get("task_id") or thread or "",
         thread_id=thread or "",
         answer=final.get("answer", ""),
-        status=final.get("status", "failed"),
+        status="awaiting_review" if review else final.get("status", "failed"),
         tools_used=final.get("tools_used", []),
         tools_created=final.get("tools_created", []),
         tools_repaired=final.get("tools_repaired", []),
@@ -187,6 +220,8 @@ def run_task(
         usage=dict(final.get("usage") or {}),
         reflection=final.get("reflection", ""),
         failure=final.get("failure"),
+        review=review,
+        rejected_tools=list(final.get("rejected_tools") or []),
     )
     if result.status == "failed" and result.failure:
         error = ModelEndpointError.from_failure(result.failure)

@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
 from langgraph.pregel import Pregel
 from langgraph.runtime import Runtime
 
@@ -162,6 +163,8 @@ def _solve(
     except FutureTimeout:
         reason = f"the episode ran longer than episode_timeout_s={context.episode_timeout_s:g}"
         result = failed_result(task, reason, time.monotonic() - started, kind=TIMEOUT)
+    except GraphBubbleUp:  # an interrupt (or other control flow) is LangGraph's, not a failure
+        raise
     except ModelEndpointError as exc:  # episodes record endpoint failures; this is a fallback
         result = failed_result(
             task,

@@ -44,6 +44,7 @@ the changed records before searching.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -1257,6 +1258,44 @@ class ToolStore:
                     ),
                 )
         return len(parsed)
+
+    def record_rejection(self, record: ToolRecord, reason: str, *, review_id: str) -> bool:
+        """Keep a tool a reviewer rejected on record (never in the library, never lost).
+
+        The whole record goes into the event log (action ``rejected``), so
+        :meth:`rejections` can show it again; recording the same review twice
+        (a resumed run) keeps one entry.
+
+        Args:
+            record: The rejected tool (built, repaired or merged, not committed).
+            reason: The reviewer's reason.
+            review_id: Idempotency key of this decision (its run, thread and tool).
+
+        Returns:
+            Whether it was recorded now (``False``: it was recorded before).
+        """
+        detail = json.dumps(
+            {"reason": reason, "review_id": review_id, "record": record.model_dump(mode="json")}
+        )
+        commit_id = f"rejection:{review_id}"
+        digest = hashlib.sha256(detail.encode()).hexdigest()
+        with self._writing("record a rejection"), self._transaction() as cur:
+            if self._earlier_commit(commit_id, digest, cur) is not None:
+                return False
+            self._remember_commit(
+                cur, commit_id, digest, CommitResult(commit_id=commit_id, applied_at=now_utc())
+            )
+            self._event(cur, record.name, "rejected", detail)
+        return True
+
+    def rejections(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The tools reviewers rejected (newest last): ``{"at", "reason", "record"}`` each."""
+        found = []
+        for event in self.events(name, limit=10 * limit):
+            if event.action == "rejected" and event.detail:
+                data = json.loads(event.detail)
+                found.append({"at": event.at, "reason": data["reason"], "record": data["record"]})
+        return found[-limit:]
 
     def commit(self, changes: ChangeSet, *, commit_id: str | None = None) -> CommitResult:
         """Apply a change set atomically (one SQLite transaction), idempotently.
