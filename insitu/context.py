@@ -173,7 +173,22 @@ class InsituContext:
     retrieval_k: int = _describe("Candidate tools the Manager retrieves per task.", 8, minimum=1)
 
     sandbox_backend: Literal["auto", "bwrap", "degraded"] = _describe(
-        "Sandbox backend: bubblewrap isolation, or the degraded rlimits-only process.", "auto"
+        "Sandbox backend: bubblewrap isolation, or the degraded rlimits-only process. 'auto' "
+        "uses bubblewrap and refuses to run tools where it does not work, unless "
+        "allow_degraded_sandbox is set; 'degraded' chooses the weaker sandbox explicitly.",
+        "auto",
+    )
+    allow_degraded_sandbox: bool = _describe(
+        "With sandbox_backend=auto and no working bubblewrap, run generated tools in the degraded "
+        "sandbox (rlimits and a separate uid, no filesystem or network isolation) instead of "
+        "refusing to.",
+        False,
+    )
+    allowed_secrets: list[str] = _describe(
+        "Environment variables that tools may declare as secrets and receive at call time; a "
+        "tool declaring any other is refused. Model provider keys and INSITU_* variables reach "
+        "a tool only when named here. A tool's own tests only ever see placeholder values.",
+        factory=list,
     )
     tool_timeout_s: float = _describe(
         "Wall-clock limit of one tool call, in seconds.", 20.0, above=0
@@ -224,6 +239,12 @@ class InsituContext:
         "'store': reflection commits new tools to the library; 'defer': they are returned "
         "for the batch graph to absorb.",
         "store",
+    )
+    tool_approval: Literal["none", "new", "all"] = _describe(
+        "Human approval before tools enter the library: 'none'; 'new' (new tools); 'all' (new "
+        "tools, repairs and merges). The run pauses (a LangGraph interrupt) until each is "
+        "approved, rejected or edited.",
+        "none",
     )
 
     batch_concurrency: int = _describe(
