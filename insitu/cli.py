@@ -368,6 +368,8 @@ def tools_list(settings: InsituContext, show_all: bool) -> None:
 @click.pass_obj
 def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
     """Show one tool: metadata, schemas, tests and source."""
+    from insitu.tool_store.exchange import TRUSTED_NOTE
+
     with opened_store(settings, read_only=True) as store:
         r = store.get(name, version)
         plain = {"highlight": False, "markup": False, "soft_wrap": True}
@@ -384,8 +386,26 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
             f"merged_from: {', '.join(r.merged_from) or '-'}",
             **plain,
         )
+        from insitu.tool_store.mcp_tools import runs_where
+
+        where = runs_where(r)  # a tool of an external MCP server runs there, not sandboxed
+        if where:
+            out.print(where, **plain)
+        refused = [secret for secret in r.secrets if secret not in settings.allowed_secrets]
+        if refused:
+            out.print(
+                f"not in allowed_secrets (its calls are refused): {', '.join(refused)}",
+                style="bold yellow",
+                **plain,
+            )
         if r.note:
             out.print(f"note: {r.note}", **plain)
+        if r.note and TRUSTED_NOTE in r.note:
+            out.print(
+                "UNVERIFIED: imported with --trust, its tests were not run at import",
+                style="bold yellow",
+                **plain,
+            )
         out.print(f"stats: {json.dumps(r.stats.model_dump(mode='json'))}", **plain)
         out.print("input schema: " + json.dumps(r.input_schema), **plain)
         out.print("output schema: " + json.dumps(r.output_schema), **plain)
@@ -524,14 +544,45 @@ def tools_export(settings: InsituContext, directory: str) -> None:
     help="For a name the library has with other content.",
 )
 @click.option("--force", is_flag=True, help="With --on-conflict replace: replace locked tools.")
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Do not run the tools' tests in the sandbox first (recorded in each version's note).",
+)
 @settings_options
 @click.pass_obj
-def tools_import(settings: InsituContext, directory: str, on_conflict: str, force: bool) -> None:
-    """Import a library exported with `insitu tools export` (all or nothing)."""
-    from insitu.tool_store import import_library
+def tools_import(
+    settings: InsituContext, directory: str, on_conflict: str, force: bool, trust: bool
+) -> None:
+    """Import a library exported with `insitu tools export` (all or nothing).
 
+    Every version the import would write is admitted first, as a new tool would
+    be: static checks, the allowed_secrets setting, and its stored tests in the
+    sandbox. One failure refuses the whole import; --trust skips the tests.
+    """
+    from insitu.services import ConfigurationError, open_sandbox
+    from insitu.tool_store.exchange import ImportVerificationError, import_library
+
+    sandbox = None
+    if not trust:
+        try:
+            sandbox = open_sandbox(settings)
+        except ConfigurationError as exc:
+            fail(str(exc), EXIT_CONFIG)
+    scratch = Path(settings.store_dir).resolve() / "workspaces" / ".import"
     with opened_store(settings, read_only=False) as store:
-        result = import_library(store, Path(directory), on_conflict=on_conflict, force=force)
+        try:
+            result = import_library(
+                store,
+                Path(directory),
+                on_conflict=on_conflict,
+                force=force,
+                sandbox=sandbox,
+                trust=trust,
+                scratch_dir=scratch,
+            )
+        except ImportVerificationError as exc:
+            fail(str(exc), EXIT_INCOMPLETE)
         say(f"imported from {directory}: {result}")
 
 
@@ -579,6 +630,19 @@ def show_settings(as_json: bool) -> None:
     for name, value, source, description in rows:
         table.add_row(*map(_cell, (name, repr(value), source, description)))
     out.print(table)
+    say(sandbox_line(loaded.context))
+
+
+def sandbox_line(settings: InsituContext) -> str:
+    """One read-only line: the sandbox backend these settings give here, and its isolation."""
+    from insitu.sandbox import probe_backend
+    from insitu.sandbox.backend import choose_backend
+
+    choice = choose_backend(
+        settings.sandbox_backend, settings.allow_degraded_sandbox, probe_backend()
+    )
+    line = f"sandbox (probed here, read-only): {choice.backend}, isolation {choice.isolation}"
+    return f"{line}; no tool will run: {choice.problem}" if choice.problem else line
 
 
 def _register_commands() -> None:
@@ -587,11 +651,16 @@ def _register_commands() -> None:
     from insitu.cli_episode import demo, run
     from insitu.cli_eval import eval_group
     from insitu.cli_evolve import evolve_command
+    from insitu.cli_mcp import mcp_group, tools_add_mcp
     from insitu.cli_report import report
+    from insitu.cli_review import tools_approve, tools_pending, tools_reject
     from insitu.cli_studio import scripted_endpoint
 
     for command in (run, demo, evolve_command, report, eval_group, doctor, scripted_endpoint):
         main.add_command(command)
+    main.add_command(mcp_group)
+    for command in (tools_pending, tools_approve, tools_reject, tools_add_mcp):
+        tools.add_command(command)
 
 
 _register_commands()

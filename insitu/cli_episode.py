@@ -84,6 +84,7 @@ def solve(
     thread_id: str | None = None,
     models: Any = None,
     prefix: str = "",
+    resume: Any = None,
 ) -> EpisodeResult:
     """Run one episode with clear CLI errors (exit 2 configuration, 3 runtime or endpoint)."""
     from insitu.api import run_task
@@ -100,6 +101,7 @@ def solve(
             models=models,
             thread_id=thread_id,
             on_event=progress_printer(prefix),
+            resume=resume,
         )
     except ConfigurationError as exc:
         fail_configuration(exc)
@@ -109,6 +111,28 @@ def solve(
         fail(str(exc), EXIT_RUNTIME)
     except ModelEndpointError as exc:
         fail_model_endpoint(exc)
+
+
+def _recorded_decisions(store_dir: str, thread: str) -> dict[str, Any] | None:
+    """Decisions recorded with ``insitu tools approve|reject`` for a paused run, if complete.
+
+    Exits 2 when the run waits for a review with tools still undecided.
+    """
+    from insitu.reviews import ReviewError, decisions_for, undecided
+
+    try:
+        decisions = decisions_for(store_dir, thread)
+        missing = undecided(store_dir, thread) if decisions is None else []
+    except ReviewError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if missing:
+        fail(
+            f"the run {thread} waits for a review of {', '.join(missing)}: decide with "
+            "`insitu tools approve NAME` or `insitu tools reject NAME --reason ...` "
+            "(or add --approve to review here)",
+            EXIT_CONFIG,
+        )
+    return decisions
 
 
 def thread_id_for(task: str | None, thread_id: str | None) -> str:
@@ -144,6 +168,12 @@ def thread_id_for(task: str | None, thread_id: str | None) -> str:
     help="Use the scripted test model instead of an LLM (offline check of a setup; the output "
     "says so).",
 )
+@click.option(
+    "--approve",
+    is_flag=True,
+    help="Review new tools here before they enter the library (tool_approval, 'new' unless "
+    "set to 'all').",
+)
 @settings_options
 @click.pass_obj
 def run(
@@ -154,6 +184,7 @@ def run(
     model: str | None,
     frozen: bool,
     scripted: bool,
+    approve: bool,
 ) -> None:
     """Solve TASK with the tool library, printing the answer and what was used.
 
@@ -179,8 +210,28 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    if approve and settings.tool_approval == "none":
+        settings = replace(settings, tool_approval="new")
+    resume = None
+    if task is None:  # a run paused for a review goes on with the decisions recorded for it
+        resume = _recorded_decisions(settings.store_dir, thread)
     with interruptible(f"resume with: insitu run --resume {thread}"):
-        result = solve(settings, task, files=files, thread_id=thread, models=models)
+        result = solve(settings, task, files=files, thread_id=thread, models=models, resume=resume)
+        while result.status == "awaiting_review":
+            if not approve:
+                from insitu.cli_review import pending_message
+
+                command = f"insitu run --resume {thread}"
+                err.print(pending_message(settings.store_dir, thread, result.review, command))
+                raise SystemExit(EXIT_INCOMPLETE)
+            from insitu.cli_review import review_interactively
+
+            decisions = review_interactively(result.review)
+            result = solve(settings, None, thread_id=thread, models=models, resume=decisions)
+    if resume is not None:
+        from insitu.reviews import resolved
+
+        resolved(settings.store_dir, thread)
     out.print(result.answer, highlight=False, soft_wrap=True)
     out.print()
     out.print(result_table(result))

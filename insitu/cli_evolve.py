@@ -12,6 +12,7 @@ from rich.table import Table
 
 from insitu.cli import (
     EXIT_CONFIG,
+    EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_RUNTIME,
     err,
@@ -53,6 +54,43 @@ def summary_table(summary: Any) -> Table:
     return table
 
 
+class BatchReviews:
+    """Answers the batches' tool reviews: at the terminal, or from recorded decisions.
+
+    Args:
+        store_dir: Where paused reviews are recorded (``insitu tools pending``).
+        interactive: Ask at the terminal (``--approve``).
+    """
+
+    def __init__(self, store_dir: str, *, interactive: bool) -> None:
+        self.store_dir = store_dir
+        self.interactive = interactive
+        self._answered: list[str] = []
+
+    def answer(self, review: dict[str, Any]) -> dict[str, Any] | None:
+        """The decisions for a batch's review, or ``None`` when none are at hand."""
+        if self.interactive:
+            from insitu.cli_review import review_interactively
+
+            return review_interactively(review)
+        from insitu.reviews import decisions_for, load
+
+        for thread, entry in load(self.store_dir).items():
+            if entry["review"].get("batch_id") == review.get("batch_id"):
+                decisions = decisions_for(self.store_dir, thread)
+                if decisions is not None:
+                    self._answered.append(thread)
+                return decisions
+        return None
+
+    def forget_answered(self) -> None:
+        """Drop the recorded reviews that the finished run used."""
+        from insitu.reviews import resolved
+
+        for thread in self._answered:
+            resolved(self.store_dir, thread)
+
+
 @click.command("evolve")
 @click.argument("tasks_source")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
@@ -85,6 +123,12 @@ def summary_table(summary: Any) -> Table:
     help="On resume, run every failed task of the finished batches again (by default only "
     "those that failed on the model endpoint).",
 )
+@click.option(
+    "--approve",
+    is_flag=True,
+    help="Review each batch's new tools here before its commit (tool_approval, 'new' unless "
+    "set to 'all').",
+)
 @settings_options
 @click.pass_obj
 def evolve_command(
@@ -99,6 +143,7 @@ def evolve_command(
     system: str,
     scripted: bool,
     retry_failed: bool,
+    approve: bool,
 ) -> None:
     """Solve the tasks of TASKS_SOURCE in batches, growing and merging the tool library.
 
@@ -108,7 +153,7 @@ def evolve_command(
     2 configuration, 3 runtime or model endpoint, 130 interrupted.
     """
     from insitu.evals.tasks import TaskLoadError, load_tasks
-    from insitu.evolve import RunMismatchError, evolve
+    from insitu.evolve import ReviewPending, RunMismatchError, evolve
     from insitu.llm import ModelEndpointError
     from insitu.services import ConfigurationError
     from insitu.tool_store.errors import StoreError
@@ -130,6 +175,9 @@ def evolve_command(
     )
     if model:
         settings = settings.with_model(model)
+    if approve and settings.tool_approval == "none":
+        settings = replace(settings, tool_approval="new")
+    reviews = BatchReviews(settings.store_dir, interactive=approve)
     models, banner = None, ""
     if scripted:
         from insitu.testing.team import SCRIPTED_LABEL
@@ -172,7 +220,15 @@ def evolve_command(
                 tasks_source=tasks_source,
                 on_event=on_event,
                 on_batch=on_batch,
+                on_review=reviews.answer,
             )
+        except ReviewPending as exc:
+            from insitu.cli_review import pending_message
+
+            progress.stop()
+            command = "the same insitu evolve command"
+            err.print(pending_message(settings.store_dir, exc.thread_id, exc.review, command))
+            raise SystemExit(EXIT_INCOMPLETE) from None
         except ConfigurationError as exc:
             fail_configuration(exc)
         except RunMismatchError as exc:
@@ -181,6 +237,7 @@ def evolve_command(
             fail(str(exc), EXIT_RUNTIME)
         except ModelEndpointError as exc:
             fail_model_endpoint(exc)
+    reviews.forget_answered()
     out.print(summary_table(summary))
     if banner:
         out.print(banner)

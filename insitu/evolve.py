@@ -7,7 +7,8 @@
 A run directory holds:
 
 * ``run.json`` — what the run is (tasks, batch size, store, model, whether the
-  model was a scripted test double);
+  model was a scripted test double, and ``sandbox``: the ``backend`` and
+  ``isolation`` its tools ran with, the weakest one if a resumed run changed it);
 * ``predictions.jsonl`` — one line per task and *pass* (a batch's own run of
   its tasks, or a later retry pass): ``id``, ``answer``, ``status``, tools,
   ``tokens`` (spent before a failure too), ``error`` (one line, or null),
@@ -58,6 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from langgraph.types import Command
 from pydantic import BaseModel
 
 from insitu.context import ROLES, InsituContext
@@ -81,6 +83,24 @@ CHECKPOINTS_FILE = "checkpoints.sqlite"
 ENDPOINT_FAILURE = "endpoint"
 
 Row = TypeVar("Row")
+
+
+class ReviewPending(Exception):
+    """A batch paused for a human review of its tools (``tool_approval``); nobody answered.
+
+    Run ``evolve`` again with ``on_review`` (or decisions recorded with
+    ``insitu tools approve|reject``) to go on: the batch resumes at its review.
+
+    Attributes:
+        thread_id: The paused batch's checkpoint thread.
+        review: The review payload (see ``insitu.nodes.review``).
+    """
+
+    def __init__(self, thread_id: str, review: dict[str, Any]) -> None:
+        self.thread_id = thread_id
+        self.review = review
+        names = ", ".join(item["name"] for item in review.get("tools", []))
+        super().__init__(f"the batch {thread_id} awaits a review of its tools: {names}")
 
 
 class RunMismatchError(ValueError):
@@ -241,6 +261,30 @@ def _open_run(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
                 )
         return earlier
     run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path)
+    return meta
+
+
+#: Isolation levels from the weakest: a run that ever ran weaker is recorded as weaker.
+_ISOLATION_ORDER = ("none", "weak", "strong")
+
+
+def _record_sandbox(run_dir: Path, meta: dict[str, Any], current: dict[str, str]) -> dict[str, Any]:
+    """Keep in ``run.json`` the weakest sandbox any part of the run used.
+
+    A resumed run may run under another backend than the one that started it;
+    the report must not show it as better isolated than its weakest part.
+    """
+    earlier = meta.get("sandbox")
+    rank = {level: i for i, level in enumerate(_ISOLATION_ORDER)}
+    if isinstance(earlier, dict) and rank.get(str(earlier.get("isolation")), 0) <= rank.get(
+        current["isolation"], 0
+    ):
+        return meta  # recorded already, or weaker than now
+    meta = {**meta, "sandbox": current}
+    path = run_dir / RUN_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(path)
@@ -438,6 +482,7 @@ def _run_batch_graph(
     fresh_input: Callable[[], dict[str, Any]],
     settings: InsituContext,
     on_event: Callable[[dict[str, Any]], None] | None,
+    on_review: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or read) one pass's batch graph to its ``finished_at`` marker.
 
@@ -446,6 +491,7 @@ def _run_batch_graph(
 
     Raises:
         RuntimeError: The graph stopped without its marker, resumed and re-run.
+        ReviewPending: It paused for a tool review that nobody answered.
     """
     snapshot = graph.get_state(config)
     values = dict(snapshot.values or {})
@@ -460,6 +506,27 @@ def _run_batch_graph(
         # should that not reach the marker, run the stored input again.
         attempts = [None, stored] if snapshot.next or snapshot.tasks else [stored]
     for payload in attempts:
+        values = _stream_batch(graph, payload, config, settings, on_event, on_review)
+        if batch_finished(values):
+            return values
+    thread = config["configurable"]["thread_id"]
+    raise RuntimeError(f"the batch graph of {thread} stopped before its last node")
+
+
+def _stream_batch(
+    graph: Any,
+    payload: Any,
+    config: dict[str, Any],
+    settings: InsituContext,
+    on_event: Callable[[dict[str, Any]], None] | None,
+    on_review: Callable[[dict[str, Any]], Any] | None,
+) -> dict[str, Any]:
+    """Stream a batch graph until it ends or pauses; answer its tool reviews with ``on_review``.
+
+    Raises:
+        ReviewPending: The graph paused for a review that ``on_review`` did not answer.
+    """
+    while True:
         # Only progress events are streamed (from the episodes too); every
         # episode's state values would be copied to this loop for nothing.
         for _namespace, chunk in graph.stream(
@@ -467,11 +534,14 @@ def _run_batch_graph(
         ):
             if on_event is not None:
                 on_event(chunk)
-        values = dict(graph.get_state(config).values or {})
-        if batch_finished(values):
-            return values
-    thread = config["configurable"]["thread_id"]
-    raise RuntimeError(f"the batch graph of {thread} stopped before its last node")
+        snapshot = graph.get_state(config)
+        if not snapshot.interrupts:
+            return dict(snapshot.values or {})
+        review = snapshot.interrupts[0].value
+        decisions = on_review(review) if on_review is not None else None
+        if decisions is None:
+            raise ReviewPending(config["configurable"]["thread_id"], review)
+        payload = Command(resume=decisions)
 
 
 def evolve(
@@ -491,6 +561,7 @@ def evolve(
     retry_failed: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_batch: Callable[[dict[str, Any]], None] | None = None,
+    on_review: Callable[[dict[str, Any]], Any] | None = None,
 ) -> EvolveSummary:
     """Solve a stream of tasks in batches, evolving the tool library; resume if interrupted.
 
@@ -513,6 +584,10 @@ def evolve(
             prediction failed again, not only those that failed on the endpoint.
         on_event: Receives each progress event (episode and batch events).
         on_batch: Receives each step row as its pass completes.
+        on_review: With ``tool_approval`` set, answers each batch's review: gets
+            the review payload, returns the decisions (see ``insitu.nodes.review``),
+            or ``None`` when it has none; a paused batch without decisions raises
+            ``ReviewPending``.
 
     Returns:
         The run's summary.
@@ -520,6 +595,8 @@ def evolve(
     Raises:
         EndpointOutageError: ``max_consecutive_endpoint_failures`` tasks in a row
             failed on the model endpoint (the pass was recorded; call again to resume).
+        ReviewPending: A batch paused for a tool review and ``on_review`` is ``None``
+            (run again to resume at the review).
         ConfigurationError: No model endpoint and no injected models, or an
             executor model that cannot call tools.
         ModelEndpointError: The preflight found a dead endpoint (nothing was run).
@@ -543,6 +620,9 @@ def evolve(
         raise ValueError(f"task ids must be unique; repeated: {repeated[:10]}")
     batches = plan_batches(tasks, batch_size)
     run_dir = Path(run_dir)
+    # Opened now: a machine where no tool may run refuses before the run starts.
+    tool_sandbox = Services(sandbox=sandbox).sandbox(settings)
+    isolation = {"backend": tool_sandbox.backend, "isolation": tool_sandbox.isolation_level}
     meta = _open_run(
         run_dir,
         {
@@ -560,9 +640,11 @@ def evolve(
             "models": {
                 role: "scripted" if scripted else settings.model_for(role) for role in ROLES
             },
+            "sandbox": isolation,
             "started_at": datetime.now(UTC).isoformat(),
         },
     )
+    meta = _record_sandbox(run_dir, meta, isolation)
     steps = read_jsonl(run_dir / STEPS_FILE)
     passes_done = {_pass_of(s) for s in steps}
     retries_done: dict[int, int] = {}
@@ -605,6 +687,7 @@ def evolve(
                 },
                 settings,
                 on_event,
+                on_review,
             )
             by_id = {r.get("task_id"): r for r in final.get("results") or []}
             missing = {

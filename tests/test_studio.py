@@ -186,3 +186,31 @@ def test_state_can_be_edited_at_a_node_through_the_sdk(studio: tuple[str, Path])
     )
     final = client.runs.wait(thread["thread_id"], "episode", input=None)
     assert final["status"] == "completed", final
+
+
+def test_a_tool_review_is_shown_and_resumed_through_the_sdk(
+    studio: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Studio shows the interrupt's payload and resumes it with the reviewer's decision."""
+    from langgraph_sdk import get_sync_client
+
+    url, _ = studio
+    client = get_sync_client(url=url)
+    thread = client.threads.create()
+    context = {"store_dir": str(tmp_path / "reviewed"), "tool_approval": "new"}
+    client.runs.wait(
+        thread["thread_id"],
+        "episode",
+        input={"task": "What is the mean of 3, 5, 10 and 2?"},
+        context=context,
+    )
+    state = client.threads.get_state(thread["thread_id"])
+    [pending] = state["interrupts"]
+    assert pending["value"]["tools"][0]["name"] == "summarize_numbers"
+    final = client.runs.wait(
+        thread["thread_id"], "episode", command={"resume": "approve"}, context=context
+    )
+    assert final["status"] == "completed", final
+    assert final["tools_created"] == ["summarize_numbers"]
+    with ToolStore.open(tmp_path / "reviewed", read_only=True) as store:
+        assert store.get("summarize_numbers").version == 1

@@ -130,3 +130,88 @@ def test_the_batch_graph_pauses_between_absorbing_and_its_commit(store, sandbox)
     assert [t.name for t in store.list()] == ["summarize_numbers"]
     assert [r["name"] for r in final["rejected_tools"]] == ["compute_date_difference"]
     assert store.rejections("compute_date_difference")
+
+
+# --------------------------------------------------------------------- the CLI
+
+
+def _insitu(*args: str, stdin: str | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "INSITU_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "insitu", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**clean, "INSITU_EMBEDDING": "hashing"},
+        timeout=240,
+    )
+
+
+def test_insitu_run_pauses_and_goes_on_with_recorded_decisions(tmp_path) -> None:
+    store = str(tmp_path / "store")
+    common = ("--store", store, "--set", "tool_approval=new")
+    paused = _insitu("run", "--scripted", MEAN_TASK, *common)
+    assert paused.returncode == 1, paused.stderr
+    assert "paused: summarize_numbers await(s) a review" in paused.stderr
+    thread = paused.stderr.split("insitu run --resume ")[1].split()[0].strip("`)")
+    pending = _insitu("tools", "pending", "--store", store)
+    assert "summarize_numbers" in pending.stdout
+    early = _insitu("run", "--scripted", "--resume", thread, *common)
+    assert early.returncode == 2 and "insitu tools approve" in early.stderr
+    assert _insitu("tools", "approve", "summarize_numbers", "--store", store).returncode == 0
+    done = _insitu("run", "--scripted", "--resume", thread, *common)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mean 5, median 4")
+    assert "summarize_numbers" in _insitu("tools", "list", "--store", store).stdout
+    assert "no tool awaits a review" in _insitu("tools", "pending", "--store", store).stdout
+
+
+def test_insitu_run_approve_reviews_at_the_terminal(tmp_path) -> None:
+    store = str(tmp_path / "store")
+    done = _insitu(
+        "run", "--scripted", "--approve", MEAN_TASK, "--store", store, stdin="r\ntoo narrow\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "summarize_numbers — new" in done.stderr  # the review panel
+    with ToolStore.open(store, read_only=True) as opened:
+        assert opened.count() == 0
+        assert opened.rejections("summarize_numbers")[0]["reason"] == "too narrow"
+
+
+def test_insitu_evolve_pauses_then_resumes_after_the_decisions(tmp_path) -> None:
+    import json
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        json.dumps({"id": "a", "question": MEAN_TASK})
+        + "\n"
+        + json.dumps({"id": "b", "question": "How many days from 2024-01-01 to 2024-03-01?"})
+        + "\n"
+    )
+    store = str(tmp_path / "store")
+    command = (
+        "evolve",
+        str(tasks),
+        "--scripted",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--store",
+        store,
+        "--set",
+        "tool_approval=new",
+    )
+    paused = _insitu(*command)
+    assert paused.returncode == 1, paused.stderr
+    assert "await(s) a review" in paused.stderr
+    assert _insitu("tools", "approve", "summarize_numbers", "--store", store).returncode == 0
+    assert (
+        _insitu("tools", "reject", "compute_date_difference", "--reason", "no", "--store", store)
+    ).returncode == 0
+    done = _insitu(*command)
+    assert done.returncode == 0, done.stderr
+    listed = _insitu("tools", "list", "--store", store).stdout
+    assert "summarize_numbers" in listed and "compute_date_difference" not in listed
