@@ -15,6 +15,7 @@ compiled graph that ``langgraph.json`` exposes to Studio.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,7 +24,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from typing_extensions import TypedDict
 
-from insitu.context import InsituContext
+from insitu.context import CommitMode, InsituContext
+from insitu.events import emit
 from insitu.graphs.reflection import build_reflection_graph
 from insitu.graphs.routes import (
     route_after_building,
@@ -54,6 +56,7 @@ def build_episode_graph(
     sandbox: Sandbox | None = None,
     checkpoint_reflection: bool = True,
     output_key: str | None = None,
+    commit_mode: CommitMode | None = None,
 ) -> StateGraph:
     """Return the uncompiled episode graph.
 
@@ -70,6 +73,8 @@ def build_episode_graph(
             so an episode without checkpoints turns this off).
         output_key: Put the output under this one key (see
             :func:`create_episode_graph`).
+        commit_mode: ``store`` or ``defer`` for every run (default: the
+            context's ``commit_mode``).
 
     Returns:
         A ``StateGraph`` with input ``EpisodeInput``, output ``EpisodeOutput`` (or
@@ -88,7 +93,7 @@ def build_episode_graph(
     builder.add_node("build_tools", partial(tool_developer.build_tools, services=services))
     builder.add_node("execute_task", partial(executor.execute_task, services=services))
     builder.add_node("write_answer", partial(integrator.write_answer, services=services))
-    reflection = build_reflection_graph(services)
+    reflection = build_reflection_graph(services, commit_mode=commit_mode)
     builder.add_node(
         "reflect", reflection.compile(checkpointer=None if checkpoint_reflection else False)
     )
@@ -105,13 +110,18 @@ def build_episode_graph(
         "execute_task", route_after_execution, ["write_answer", "plan_task", "build_tools"]
     )
     builder.add_edge("write_answer", "reflect")
-    if output_key is None:
-        builder.add_edge("reflect", END)
-        return builder
-    builder.add_node("package_output", partial(package_output, output_key=output_key))
-    builder.add_edge("reflect", "package_output")
-    builder.add_edge("package_output", END)
+    end_with_output(builder, "reflect", output_key)
     return builder
+
+
+def end_with_output(builder: StateGraph, last: str, output_key: str | None) -> None:
+    """Connect ``last`` to END, through ``package_output`` when the output goes under one key."""
+    if output_key is None:
+        builder.add_edge(last, END)
+        return
+    builder.add_node("package_output", partial(package_output, output_key=output_key))
+    builder.add_edge(last, "package_output")
+    builder.add_edge("package_output", END)
 
 
 def namespaced_output(output_key: str) -> type:
@@ -123,8 +133,28 @@ def namespaced_output(output_key: str) -> type:
 
 
 def package_output(state: EpisodeState, *, output_key: str) -> dict[str, Any]:
-    """Node of a namespaced episode: its output keys, as one item under ``output_key``."""
+    """Node of a namespaced episode: its output keys, as one item under ``output_key``.
+
+    The item also says how long the episode took (``wall_time_s``) and, when it
+    failed, why in one line (``error``) and of what kind (``error_kind``:
+    ``endpoint`` or ``timeout``), as a batch records each task.
+    """
     output = {key: state[key] for key in EpisodeOutput.__annotations__ if key in state}
+    failure = state.get("failure") or {}
+    output["error"] = " ".join(failure["message"].split()) if failure else None
+    output["error_kind"] = failure.get("kind")
+    if state.get("started_at") is not None:
+        output["wall_time_s"] = round(time.time() - state["started_at"], 3)
+    task_id, status = state.get("task_id", "?"), state.get("status", "failed")
+    if failure:
+        emit(
+            "task_failed",
+            f"task {task_id} failed ({failure['kind']}): {output['error'][:200]}",
+            task_id=task_id,
+            error_kind=failure["kind"],
+        )
+    else:
+        emit("task_done", f"task {task_id}: {status}", task_id=task_id)
     return {output_key: [output]}
 
 
@@ -136,6 +166,7 @@ def create_episode_graph(
     checkpointer: BaseCheckpointSaver | bool | None = None,
     name: str = "episode",
     output_key: str | None = None,
+    commit_mode: CommitMode | None = None,
 ) -> CompiledStateGraph:
     """Return the compiled episode graph, ready to invoke or to add to a parent graph.
 
@@ -153,6 +184,9 @@ def create_episode_graph(
             so that a parent's own keys are never overwritten and parallel
             episodes (a ``Send`` fan-out, see :func:`send_tasks`) add up under a
             list reducer.
+        commit_mode: ``store`` (commit new tools to the library) or ``defer``
+            (hand them back in the output, as the batch graph's episodes do);
+            ``None``: the context's ``commit_mode``.
 
     Returns:
         The compiled graph, with the recursion limit set.
@@ -163,6 +197,7 @@ def create_episode_graph(
         sandbox=sandbox,
         checkpoint_reflection=checkpointer is not False,
         output_key=output_key,
+        commit_mode=commit_mode,
     )
     compiled = builder.compile(checkpointer=checkpointer, name=name)
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)

@@ -1,7 +1,8 @@
 """The batch graph: a batch of tasks in parallel, then absorbing, then one commit.
 
-    START --Send per task--> solve_task (the episode graph, one per task)
-    solve_task   -> absorb_tools (cluster + merge the batch's new tools)
+    START -> schedule_tasks --Send per task of the next wave--> solve_task (the episode
+             graph, one per task, at most batch_concurrency at once) -> schedule_tasks
+    schedule_tasks -> absorb_tools once every task has a result (cluster + merge)
     absorb_tools -> review_tools (a human decision, only with tool_approval)
     review_tools -> commit_batch (one atomic, idempotent commit) -> END
 
@@ -83,14 +84,9 @@ class EvolveState(TypedDict, total=False):
     absorb: dict[str, Any]
     commit: dict[str, Any]
     usage: Annotated[dict[str, TokenCounts], merge_usage]
+    wave_size: int  # episodes run at once (batch_concurrency), written by schedule_tasks
     rejected_tools: list[dict[str, Any]]  # by a human reviewer (tool_approval)
     finished_at: str  # ISO time; written by commit_batch, the last node: the batch is done
-
-
-class SolveInput(TypedDict):
-    """What the fan-out sends to one ``solve_task``."""
-
-    task: BatchTask
 
 
 def build_evolve_graph(
@@ -99,6 +95,7 @@ def build_evolve_graph(
     tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
     solver: Literal["episode", "interpreter"] = "episode",
+    episode_checkpoints: bool = True,
 ) -> StateGraph:
     """Return the uncompiled batch graph.
 
@@ -109,23 +106,33 @@ def build_evolve_graph(
         sandbox: A ``Sandbox`` (default: one per process from the context).
         solver: The graph each task runs: the ``episode`` graph, or the
             python-interpreter baseline (``interpreter``; it builds no tools).
+        episode_checkpoints: Whether each episode checkpoints its own steps with
+            the batch's checkpointer (a task can then be inspected, forked and
+            resumed mid-way, in Studio too); without them a batch resumes task by
+            task (an unfinished episode runs again: harmless, as its commit is
+            deferred) and spends no CPU time on the episodes' snapshots.
 
     Returns:
         A ``StateGraph`` with input ``EvolveInput``, output ``EvolveOutput`` and
         context ``InsituContext``.
     """
     services = Services(models=models, tool_store=tool_store, sandbox=sandbox)
-    # Episodes keep no checkpoints of their own (checkpointer=False): a batch resumes
-    # task by task (a finished episode's result is a saved write of the batch run;
-    # an unfinished one runs again, harmlessly, as its commit was deferred), and
-    # the dozen state snapshots per episode would cost every batch CPU time.
+    # Each task is a real subgraph (Studio expands it); its whole output is one item
+    # of ``results`` and its new tools wait for absorbing (commit_mode="defer").
+    checkpointer = None if episode_checkpoints else False
     if solver == "interpreter":
-        episode = build_interpreter_graph(
-            models=models, tool_store=tool_store, sandbox=sandbox
-        ).compile(checkpointer=False)
+        interpreter = build_interpreter_graph(
+            models=models, tool_store=tool_store, sandbox=sandbox, output_key="results"
+        )
+        episode = interpreter.compile(checkpointer=checkpointer, name="interpreter")
     else:
         episode = create_episode_graph(
-            checkpointer=False, models=models, tool_store=tool_store, sandbox=sandbox
+            models=models,
+            tool_store=tool_store,
+            sandbox=sandbox,
+            checkpointer=checkpointer,
+            output_key="results",
+            commit_mode="defer",
         )
     builder = StateGraph(
         EvolveState,
@@ -133,16 +140,14 @@ def build_evolve_graph(
         input_schema=EvolveInput,
         output_schema=EvolveOutput,
     )
-    builder.add_node(
-        "solve_task",
-        partial(batch.solve_task, episode=episode, slots=batch.EpisodeSlots()),
-        input_schema=SolveInput,
-    )
+    builder.add_node("schedule_tasks", batch.schedule_tasks)
+    builder.add_node("solve_task", episode, error_handler=batch.episode_crashed)
     builder.add_node("absorb_tools", partial(absorb.absorb_tools, services=services))
     builder.add_node("review_tools", partial(review.review_batch_tools, services=services))
     builder.add_node("commit_batch", partial(absorb.commit_batch, services=services))
-    builder.add_conditional_edges(START, fan_out_tasks, ["solve_task", "absorb_tools"])
-    builder.add_edge("solve_task", "absorb_tools")
+    builder.add_edge(START, "schedule_tasks")
+    builder.add_conditional_edges("schedule_tasks", fan_out_tasks, ["solve_task", "absorb_tools"])
+    builder.add_edge("solve_task", "schedule_tasks")
     builder.add_edge("absorb_tools", "review_tools")
     builder.add_edge("review_tools", "commit_batch")
     builder.add_edge("commit_batch", END)
@@ -158,6 +163,7 @@ def create_evolve_graph(
     checkpointer: BaseCheckpointSaver | None = None,
     name: str = "evolve",
     max_concurrency: int = DEFAULT_CONCURRENCY,
+    episode_checkpoints: bool = True,
 ) -> CompiledStateGraph:
     """Return the compiled batch graph, with recursion and concurrency limits set.
 
@@ -168,15 +174,20 @@ def create_evolve_graph(
         solver: ``episode`` or the ``interpreter`` baseline.
         checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).
         name: The graph's name.
-        max_concurrency: Threads LangGraph may use for the batch's episodes; the
-            context's ``batch_concurrency`` bounds how many actually run at once.
+        max_concurrency: Threads LangGraph may use at once (at least the largest
+            ``batch_concurrency`` you will run with, which bounds the episodes).
+        episode_checkpoints: See :func:`build_evolve_graph`.
     """
     builder = build_evolve_graph(
-        models=models, tool_store=tool_store, sandbox=sandbox, solver=solver
+        models=models,
+        tool_store=tool_store,
+        sandbox=sandbox,
+        solver=solver,
+        episode_checkpoints=episode_checkpoints,
     )
     compiled = builder.compile(checkpointer=checkpointer, name=name)
-    # LangGraph runs a streaming consumer's waiter in the same bounded pool as the
-    # nodes: one extra slot keeps max_concurrency=1 from starving the only episode.
+    # LangGraph's own bound also counts a streaming consumer's waiter; the batch's
+    # episodes are bounded by its waves (batch_concurrency), so this only keeps room.
     return compiled.with_config(
         recursion_limit=RECURSION_LIMIT, max_concurrency=max_concurrency + 1
     )

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 
 from insitu.context import InsituContext
+from insitu.graphs.episode import end_with_output, namespaced_output
 from insitu.graphs.state import EpisodeInput, EpisodeOutput, EpisodeState
 from insitu.nodes import executor, integrator, interpreter, workspace
 from insitu.services import Services
@@ -32,6 +33,7 @@ def build_interpreter_graph(
     models: BaseChatModel | Mapping[str, BaseChatModel] | None = None,
     tool_store: ToolStore | None = None,
     sandbox: Sandbox | None = None,
+    output_key: str | None = None,
 ) -> StateGraph:
     """Return the uncompiled baseline graph (arguments as ``build_episode_graph``)."""
     services = Services(models=models, tool_store=tool_store, sandbox=sandbox)
@@ -39,7 +41,7 @@ def build_interpreter_graph(
         EpisodeState,
         context_schema=InsituContext,
         input_schema=EpisodeInput,
-        output_schema=EpisodeOutput,
+        output_schema=EpisodeOutput if output_key is None else namespaced_output(output_key),
     )
     builder.add_node("prepare_workspace", partial(workspace.prepare_workspace, services=services))
     builder.add_node("bind_interpreter", partial(interpreter.bind_interpreter, services=services))
@@ -51,5 +53,5 @@ def build_interpreter_graph(
     builder.add_edge("bind_interpreter", "execute_task")
     builder.add_edge("execute_task", "write_answer")
     builder.add_edge("write_answer", "summarize_interpreter_run")
-    builder.add_edge("summarize_interpreter_run", END)
+    end_with_output(builder, "summarize_interpreter_run", output_key)
     return builder

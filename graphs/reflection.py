@@ -14,7 +14,7 @@ from typing import Any, NotRequired
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from insitu.context import InsituContext
+from insitu.context import CommitMode, InsituContext
 from insitu.graphs.state import (
     BuildFailure,
     EpisodeFailure,
@@ -62,25 +62,30 @@ class ReflectionOutput(TypedDict):
     usage: dict[str, TokenCounts]
 
 
-def build_reflection_graph(services: Services | None = None) -> StateGraph:
+def build_reflection_graph(
+    services: Services | None = None, *, commit_mode: CommitMode | None = None
+) -> StateGraph:
     """Return the uncompiled reflection graph.
 
     Args:
         services: Live models, store and sandbox (defaults from the context).
+        commit_mode: ``store`` or ``defer`` for every run of this graph (the batch
+            graph's episodes defer); ``None``: the context's ``commit_mode``.
     """
     services = services or Services()
+    bound = {"services": services, "commit_mode": commit_mode}
     builder = StateGraph(
         EpisodeState,
         context_schema=InsituContext,
         input_schema=ReflectionInput,
         output_schema=ReflectionOutput,
     )
-    builder.add_node("update_tool_stats", partial(reflection.update_tool_stats, services=services))
+    builder.add_node("update_tool_stats", partial(reflection.update_tool_stats, **bound))
     builder.add_node(
         "repair_failed_tools", partial(reflection.repair_failed_tools, services=services)
     )
-    builder.add_node("review_tools", partial(review.review_episode_tools, services=services))
-    builder.add_node("commit_tools", partial(reflection.commit_tools, services=services))
+    builder.add_node("review_tools", partial(review.review_episode_tools, **bound))
+    builder.add_node("commit_tools", partial(reflection.commit_tools, **bound))
     builder.add_node("summarize_episode", partial(reflection.summarize_episode, services=services))
     builder.add_edge(START, "update_tool_stats")
     builder.add_edge("update_tool_stats", "repair_failed_tools")

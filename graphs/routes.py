@@ -71,8 +71,21 @@ def route_after_execution(
 
 
 def fan_out_tasks(state: dict[str, Any]) -> list[Send] | Literal["absorb_tools"]:
-    """Batch graph: one ``solve_task`` per task (in parallel); an empty batch goes to absorbing."""
+    """Batch graph: the next wave of episodes (in parallel), or absorbing once all have run.
+
+    A wave is the ``wave_size`` tasks after those that have a result (every task
+    gets exactly one), so at most ``wave_size`` episodes run at once. Each
+    ``Send`` carries the episode graph's input (``EpisodeInput``).
+    """
     tasks = state.get("tasks") or []
-    if not tasks:
+    start = len(state.get("results") or [])
+    if start >= len(tasks):
         return "absorb_tools"
-    return [Send("solve_task", {"task": task}) for task in tasks]
+    wave = tasks[start : start + max(1, state.get("wave_size") or len(tasks))]
+    return [
+        Send(
+            "solve_task",
+            {"task": task["question"], "task_id": task["id"], "files": task.get("files") or []},
+        )
+        for task in wave
+    ]

@@ -107,18 +107,19 @@ class Invocation(TypedDict):
 
 
 class EpisodeFailure(TypedDict):
-    """Why an episode could not go on: a model endpoint that failed (after its retries).
+    """Why an episode could not go on: a model endpoint that failed (after its retries),
+    or the episode's time limit (``episode_timeout_s``).
 
-    The episode then ends ``failed`` with this record; ``insitu.llm.ModelEndpointError``
-    is rebuilt from it for Python callers.
+    The episode then ends ``failed`` with this record; for an endpoint,
+    ``insitu.llm.ModelEndpointError`` is rebuilt from it for Python callers.
     """
 
-    kind: Literal["endpoint"]
-    role: str
-    model: str
-    url: str
-    status: int | None
+    kind: Literal["endpoint", "timeout"]
     message: str
+    role: NotRequired[str]
+    model: NotRequired[str]
+    url: NotRequired[str]
+    status: NotRequired[int | None]
 
 
 class ExecutorReport(TypedDict):
@@ -149,6 +150,13 @@ class EpisodeMetrics(TypedDict):
     executor_steps: int
 
 
+class SandboxUsed(TypedDict):
+    """Where an episode's tools ran: the sandbox backend and how strongly it isolates."""
+
+    backend: str  # "bwrap" or "degraded"
+    isolation: str  # "strong", "weak" or "none"
+
+
 class EpisodeOutput(TypedDict):
     """What the episode graph returns to a caller or a parent graph."""
 
@@ -163,6 +171,7 @@ class EpisodeOutput(TypedDict):
     commit_error: NotRequired[str]
     failure: NotRequired[EpisodeFailure]
     rejected_tools: NotRequired[list[dict[str, Any]]]
+    sandbox: NotRequired[SandboxUsed]
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
     reflection: str
@@ -176,6 +185,9 @@ class EpisodeState(TypedDict, total=False):
     task_id: str
     files: list[str]
     workdir: str
+    sandbox: SandboxUsed
+    started_at: float  # time.time() when the episode started
+    deadline_at: float  # started_at + episode_timeout_s: the roles stop after it
     # Manager
     rounds: int
     replans_left: int  # max_rounds - rounds: read by the routers

@@ -58,6 +58,11 @@ class EpisodeResult(BaseModel):
     rejected_tools: list[dict[str, Any]] = Field(
         default_factory=list, description="Tools a reviewer kept out of the library."
     )
+    sandbox: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where the tools ran: the sandbox backend and its isolation "
+        "(strong, weak or none).",
+    )
 
     @property
     def completed(self) -> bool:
@@ -222,8 +227,9 @@ def run_task(
         failure=final.get("failure"),
         review=review,
         rejected_tools=list(final.get("rejected_tools") or []),
+        sandbox=dict(final.get("sandbox") or {}),
     )
-    if result.status == "failed" and result.failure:
+    if result.status == "failed" and (result.failure or {}).get("kind") == "endpoint":
         error = ModelEndpointError.from_failure(result.failure)
         error.result = result
         raise error

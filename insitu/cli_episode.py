@@ -64,6 +64,8 @@ def result_table(result: EpisodeResult) -> Table:
     table.add_row("tools created", ", ".join(result.tools_created) or "-")
     if result.tools_repaired:
         table.add_row("tools repaired", ", ".join(result.tools_repaired))
+    if result.sandbox:
+        table.add_row("sandbox", f"{result.sandbox['backend']} ({result.sandbox['isolation']})")
     calls = result.metrics.get("tool_invocations", 0)
     ok = result.metrics.get("tool_successes", 0)
     table.add_row("tool calls", f"{calls} ({ok} ok)")

@@ -20,6 +20,8 @@ import typing
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Literal
 
+#: Where an episode's new tools go: into the library ('store'), or back to a batch ('defer').
+CommitMode = Literal["store", "defer"]
 ROLES = ("manager", "tool_developer", "executor", "integrator", "reflection", "absorber")
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -184,6 +186,17 @@ class InsituContext:
         "refusing to.",
         False,
     )
+    network_allow: list[str] | None = _describe(
+        "If set, the only hosts (names or IPv4 addresses) that tools declaring network may "
+        "reach; private ranges and the host's own addresses are never reachable either way.",
+        None,
+    )
+    shared_host_network: bool = _describe(
+        "Give tools that declare network the host's own network (its loopback services and "
+        "private networks included) instead of a namespace of their own. Unsafe with "
+        "LLM-written tools; for a trusted library that must reach local services.",
+        False,
+    )
     allowed_secrets: list[str] = _describe(
         "Environment variables that tools may declare as secrets and receive at call time; a "
         "tool declaring any other is refused. Model provider keys and INSITU_* variables reach "
@@ -235,7 +248,7 @@ class InsituContext:
         "no-reuse baseline).",
         True,
     )
-    commit_mode: Literal["store", "defer"] = _describe(
+    commit_mode: CommitMode = _describe(
         "'store': reflection commits new tools to the library; 'defer': they are returned "
         "for the batch graph to absorb.",
         "store",
@@ -248,12 +261,22 @@ class InsituContext:
     )
 
     batch_concurrency: int = _describe(
-        "Episodes of a batch run at the same time (the batch graph's Send fan-out).", 16, minimum=1
+        "Episodes of a batch that run at the same time (the batch graph sends its tasks in "
+        "waves of this size).",
+        16,
+        minimum=1,
     )
     episode_timeout_s: float = _describe(
-        "Wall-clock limit of one episode inside a batch; a late episode counts as failed.",
+        "Wall-clock limit of one episode: its roles stop it at their next step after it, and "
+        "it ends failed (error_kind 'timeout').",
         1800.0,
         above=0,
+    )
+    episode_checkpoints: bool = _describe(
+        "insitu evolve: each episode of a batch checkpoints its own steps (a task can be "
+        "inspected, forked and resumed mid-way; costs CPU per step). Without, an interrupted "
+        "batch re-runs its unfinished episodes. The batch graph served to Studio keeps them.",
+        False,
     )
     absorb_threshold: float | None = _describe(
         "Similarity from which two tools are proposed to the absorber as possible duplicates "

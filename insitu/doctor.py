@@ -73,9 +73,10 @@ JSON_CHECK_REQUEST = (
 
 #: What each sandbox backend isolates, in one line (the sandbox's own statement is longer).
 BWRAP_ISOLATION = (
-    "isolated: filesystem (read-only system, only the call's workdir writable), network "
-    "(unless a tool declares it), processes (own pid namespace), environment; "
-    "rlimits and a timeout"
+    "isolated: filesystem (read-only system, only the call's workdir writable), network (a "
+    "tool that declares it reaches public addresses only, never the host's loopback or private "
+    "ranges), processes (own pid namespace, a seccomp filter), environment (allowed secrets "
+    "only); rlimits and a timeout"
 )
 DEGRADED_ISOLATION = (
     "NOT isolated: filesystem and network; only rlimits, a timeout, a scrubbed environment "
@@ -515,30 +516,34 @@ def model_checks(use: ModelUse, context: InsituContext) -> Iterator[Check]:
 
 
 def check_sandbox(context: InsituContext) -> Check:
-    """Which sandbox backend a run would use, and what it isolates (one line)."""
+    """Which sandbox backend a run would use, its isolation level and what it isolates.
+
+    FAIL when no tool would run: ``bwrap`` named but unusable, or ``auto``
+    without a working bubblewrap while ``allow_degraded_sandbox`` is off.
+    """
     from insitu.sandbox import probe_backend
+    from insitu.sandbox.backend import choose_backend
 
     info = probe_backend()
     wanted = context.sandbox_backend
+    choice = choose_backend(wanted, context.allow_degraded_sandbox, info)
+    head = f"backend {choice.backend}, isolation {choice.isolation}"
     uid = (
         "; each tool under its own unprivileged uid"
         if info.root
         else "; tools run as the host's user"
     )
-    if wanted == "bwrap" and not info.bwrap_works:
-        return Check(
-            "sandbox",
-            FAIL,
-            f"sandbox_backend=bwrap, but bubblewrap cannot run here: {one_line(info.bwrap_error)}",
-        )
-    if wanted != "degraded" and info.bwrap_works:
-        return Check("sandbox", OK, f"bwrap ({info.bwrap_path}) works; {BWRAP_ISOLATION}{uid}")
+    if choice.problem:
+        return Check("sandbox", FAIL, f"{head}: {one_line(choice.problem)}")
+    if choice.backend == "bwrap":
+        detail = f"{head}: bwrap ({info.bwrap_path}) works; {BWRAP_ISOLATION}{uid}"
+        return Check("sandbox", OK, detail)
     why = (
         "sandbox_backend=degraded"
         if wanted == "degraded"
-        else f"bubblewrap unusable: {one_line(info.bwrap_error, 160)}"
+        else f"allow_degraded_sandbox, bubblewrap unusable: {one_line(info.bwrap_error, 160)}"
     )
-    return Check("sandbox", WARN, f"degraded ({why}); {DEGRADED_ISOLATION}{uid}")
+    return Check("sandbox", WARN, f"{head} ({why}); {DEGRADED_ISOLATION}{uid}")
 
 
 def check_store(context: InsituContext) -> Check:

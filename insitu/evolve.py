@@ -339,6 +339,7 @@ def prediction_row(
         "batch": batch,
         "retry": retry,
         "expected": task.answer,
+        "sandbox": result.get("sandbox"),
         "wall_time_s": result.get("wall_time_s"),
     }
 
@@ -668,6 +669,7 @@ def evolve(
             tool_store=store,
             sandbox=sandbox,
             solver=solver,
+            episode_checkpoints=settings.episode_checkpoints,
         )
 
         def run_pass(number: int, retry: int, chosen: Sequence[Task]) -> None:

@@ -5,7 +5,8 @@ JSON Lines, one object per line):
 
 * ``run.json``: what was run (``run_id``, ``system``, ``tasks_file``,
   ``batch_size``, ``store_dir``, ``frozen``, ``scripted``, ``model``,
-  ``started_at``);
+  ``sandbox`` with its ``backend`` and ``isolation``, ``started_at``); a run whose
+  tools ran in the degraded sandbox gets a banner, as a scripted one does;
 * ``steps.jsonl``: one line per completed batch (``step``, cumulative
   ``tasks_processed``, ``library_size``, this batch's ``tools_created``,
   ``invocations``, ``successes``, ``tool_success_rate``, cumulative ``egl``,
@@ -56,6 +57,11 @@ REPORT_FILE = "report.html"
 
 #: The header every report of a run made with a scripted test model carries.
 SCRIPTED_BANNER = "Produced with a scripted test model — these numbers are not model results."
+#: The header of a report on a run whose tools ran without the bubblewrap sandbox.
+DEGRADED_BANNER = (
+    "Generated tools ran in the DEGRADED sandbox (weak isolation): no filesystem or network "
+    "isolation, only rlimits, a separate uid and a scrubbed environment."
+)
 
 #: Plot key → (PNG file name, heading in the report).
 PLOTS: dict[str, tuple[str, str]] = {
@@ -172,6 +178,14 @@ class Run:
     def scripted(self) -> bool:
         """Whether the run was made with a scripted test model."""
         return self.meta.get("scripted") is True
+
+    @property
+    def degraded(self) -> bool:
+        """Whether ``run.json`` records the run's tools as run with weaker than bwrap isolation."""
+        sandbox = self.meta.get("sandbox")
+        if not isinstance(sandbox, dict):
+            return False  # runs recorded before the sandbox was
+        return sandbox.get("backend") != "bwrap" or sandbox.get("isolation") != "strong"
 
 
 @dataclass(slots=True)
@@ -758,6 +772,9 @@ h1 { margin-bottom: 0.2rem; }
 .scripted { background: #fff3cd; border: 3px solid #d39e00; color: #5c4400;
   padding: 1rem 1.2rem; font-size: 1.35rem; font-weight: bold; margin: 1rem 0; }
 .scripted small { display: block; font-size: 0.95rem; font-weight: normal; margin-top: 0.3rem; }
+.degraded { background: #f8d7da; border: 3px solid #b02a37; color: #58151c;
+  padding: 1rem 1.2rem; font-size: 1.2rem; font-weight: bold; margin: 1rem 0; }
+.degraded small { display: block; font-size: 0.95rem; font-weight: normal; margin-top: 0.3rem; }
 .warnings { background: #f8f9fa; border-left: 4px solid #6c757d; padding: 0.5rem 1rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.92rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.55rem; text-align: left; vertical-align: top; }
@@ -919,6 +936,12 @@ def render_html(runs: Sequence[Run], images: Mapping[str, str], top: int = 15) -
         parts.append(
             f'<div class="scripted" role="alert">{_e(SCRIPTED_BANNER)}'
             f"<small>Scripted run(s): {_e(', '.join(scripted))}</small></div>\n"
+        )
+    degraded = [r.label for r in runs if r.degraded]
+    if degraded:
+        parts.append(
+            f'<div class="degraded" role="alert">{_e(DEGRADED_BANNER)}'
+            f"<small>Run(s) with weak isolation: {_e(', '.join(degraded))}</small></div>\n"
         )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     parts.append(

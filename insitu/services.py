@@ -93,18 +93,34 @@ def open_sandbox(context: InsituContext) -> Sandbox:
     """Return this process's sandbox for the context's settings, creating it once.
 
     The sandbox's tool environment (a venv for tools' dependencies) lives in the
-    store directory.
-    """
-    from insitu.sandbox import Sandbox, SandboxSettings, ToolEnvironment
+    store directory, and the sandbox follows the context's ``allowed_secrets``.
 
+    Raises:
+        ConfigurationError: No working bubblewrap while ``sandbox_backend`` is
+            ``bwrap``, or ``auto`` with ``allow_degraded_sandbox`` off (the
+            message says what to install or set); or ``allowed_secrets`` names
+            an unusable variable.
+    """
+    from insitu.sandbox import Sandbox, SandboxSettings, ToolEnvironment, probe_backend
+    from insitu.sandbox.backend import choose_backend
+    from insitu.tool_store.admission import SecretPolicyError, set_secret_policy
+
+    choice = choose_backend(
+        context.sandbox_backend, context.allow_degraded_sandbox, probe_backend()
+    )
+    if choice.problem:  # no tool could run (or only with weaker isolation than allowed)
+        raise ConfigurationError(choice.problem)
     key = (
         str(Path(context.store_dir).resolve()),
         context.sandbox_backend,
+        tuple(sorted(set(context.allowed_secrets))),
         context.tool_timeout_s,
         context.tool_memory_mb,
         context.install_dependencies,
         tuple(context.denied_packages),
         tuple(context.allowed_packages) if context.allowed_packages is not None else None,
+        tuple(context.network_allow) if context.network_allow is not None else None,
+        context.shared_host_network,
         context.batch_concurrency,
     )
     with _lock:
@@ -126,8 +142,15 @@ def open_sandbox(context: InsituContext) -> Sandbox:
                 # Episode workdirs live here: warm workers are shared across episodes,
                 # each call confined to its own workdir (when Landlock is available).
                 workspace_root=str(Path(context.store_dir).resolve() / "workspaces"),
+                network_allow=context.network_allow,
+                shared_host_network=context.shared_host_network,
             )
             sandbox = Sandbox(settings, toolenv=toolenv)
+            try:
+                set_secret_policy(sandbox, context.allowed_secrets)
+            except SecretPolicyError as exc:
+                sandbox.close()
+                raise ConfigurationError(str(exc)) from None
             _sandboxes[key] = sandbox
         return sandbox
 
@@ -200,5 +223,20 @@ class Services:
         return self._store if self._store is not None else open_store(context)
 
     def sandbox(self, context: InsituContext) -> Sandbox:
-        """Return the sandbox (injected, else this process's default)."""
-        return self._sandbox if self._sandbox is not None else open_sandbox(context)
+        """Return the sandbox (injected, else this process's default).
+
+        An injected sandbox follows the context's ``allowed_secrets`` too.
+
+        Raises:
+            ConfigurationError: See :func:`open_sandbox`; or the injected sandbox
+                already follows another ``allowed_secrets``.
+        """
+        if self._sandbox is None:
+            return open_sandbox(context)
+        from insitu.tool_store.admission import SecretPolicyError, set_secret_policy
+
+        try:
+            set_secret_policy(self._sandbox, context.allowed_secrets)
+        except SecretPolicyError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return self._sandbox

@@ -1,15 +1,18 @@
-"""Running one task of a batch: an episode that can fail or time out without harm.
+"""The results of a batch's tasks: an episode can fail or time out without harm.
 
-Inside the batch graph each task is an episode with ``commit_mode="defer"``: it
-reads the global library as it was when the batch started (nothing is
-committed until absorbing), keeps its own tools local, and hands them back in
-its result. An episode that fails stays with its task; the batch and the absorb go
-on. Every result carries ``error`` (one line, or ``None``) and ``error_kind``:
+Inside the batch graph each task is the episode graph itself, a subgraph node
+with ``commit_mode="defer"``: it reads the global library as it was when the
+batch started (nothing is committed until absorbing), keeps its own tools local,
+and hands them back in its result (one item of ``results``). An episode that
+fails stays with its task; the batch and the absorb go on. Every result carries
+``error`` (one line, or ``None``) and ``error_kind``:
 
 * ``"endpoint"``: the model endpoint failed (the episode ended ``failed`` with a
   ``failure`` record, kept in the result, as are the tokens it spent first);
-* ``"timeout"``: the episode ran past ``episode_timeout_s``;
-* ``"internal"``: the episode raised (a bug, or an unexpected error);
+* ``"timeout"``: the episode ran past ``episode_timeout_s`` (its roles stopped it at
+  their next step);
+* ``"internal"``: the episode raised (a bug, or an unexpected error):
+  :func:`episode_crashed`, the node's error handler, records it;
 * ``None``: the episode finished (``completed`` or ``incomplete``).
 
 ``evolve`` counts endpoint failures in a row to stop a run during an outage,
@@ -18,17 +21,9 @@ and runs those tasks again when the run is resumed.
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextvars import copy_context
-from dataclasses import replace
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.errors import GraphBubbleUp
-from langgraph.pregel import Pregel
+from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
 
 from insitu.context import InsituContext
@@ -84,109 +79,35 @@ def failed_result(
     }
 
 
-def episode_result(output: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
-    """A finished episode's output as the task's result, with ``error`` and ``error_kind``.
+def schedule_tasks(state: dict[str, Any], runtime: Runtime[InsituContext]) -> dict[str, Any]:
+    """Batch node before each wave of episodes: how many run at once (``batch_concurrency``).
 
-    An episode that ended ``failed`` keeps everything it produced (its token
-    usage above all: the tokens were spent); its ``failure`` record names the cause.
+    The router after it (``fan_out_tasks``) sends the next wave, or goes to absorbing.
     """
-    result = {**output, "error": None, "error_kind": None, "wall_time_s": round(wall_time_s, 3)}
-    if output.get("status") == "failed":
-        failure = output.get("failure") or {}
-        result["error"] = one_line(
-            failure.get("message") or output.get("error") or "the episode ended failed"
-        )
-        result["error_kind"] = failure.get("kind") or INTERNAL
-    return result
+    return {"wave_size": settings(runtime).batch_concurrency}
 
 
-class EpisodeSlots:
-    """Bounds how many episodes of a batch graph run at once (``batch_concurrency``).
+def episode_crashed(state: dict[str, Any], error: NodeError) -> dict[str, Any]:
+    """Error handler of the batch's episode node: a task whose episode raised fails alone.
 
-    LangGraph's own ``max_concurrency`` also counts its stream waiter, so the
-    bound that users set through the context is enforced here, per graph.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._semaphores: dict[int, threading.BoundedSemaphore] = {}
-
-    def limit(self, count: int) -> threading.BoundedSemaphore:
-        """The semaphore for a bound of ``count`` episodes."""
-        with self._lock:
-            return self._semaphores.setdefault(count, threading.BoundedSemaphore(max(1, count)))
-
-
-def solve_task(
-    state: dict[str, Any],
-    config: RunnableConfig,
-    runtime: Runtime[InsituContext],
-    *,
-    episode: Pregel,
-    slots: EpisodeSlots,
-) -> dict[str, Any]:
-    """Batch node (one per ``Send``): run the episode graph on one task.
+    Its result says why (``error_kind: "internal"``; an endpoint error that escaped
+    the roles is ``endpoint``); the other tasks, absorbing and the commit go on.
+    LangGraph never sends it an interrupt.
 
     Args:
-        state: ``{"task": {"id", "question", "files"?}}`` from the fan-out.
-        config: The run's config (the episode runs as a subgraph of this node).
-        runtime: Supplies the settings.
-        episode: The compiled episode graph.
-        slots: Bounds the episodes running at once.
-
-    Returns:
-        ``{"results": [result]}`` — the episode's output plus ``wall_time_s``,
-        ``error`` and ``error_kind``, or a failed result.
+        state: The episode's input (``task``, ``task_id``, ``files``).
+        error: What the episode raised.
     """
-    context = replace(settings(runtime), commit_mode="defer")
-    task = state["task"]
-    payload = {"task": task["question"], "task_id": task["id"], "files": task.get("files") or []}
-    with slots.limit(context.batch_concurrency):
-        return _solve(task, payload, config, context, episode)
-
-
-def _solve(
-    task: dict[str, Any],
-    payload: dict[str, Any],
-    config: RunnableConfig,
-    context: InsituContext,
-    episode: Pregel,
-) -> dict[str, Any]:
-    started = time.monotonic()
-    emit("task_started", f"task {task['id']} started", task_id=task["id"])
-    # The episode runs in its own thread so that a hung episode can be given up on;
-    # the copied context keeps it a subgraph of this node (config, stream writer).
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"episode-{task['id']}")
-    future = pool.submit(copy_context().run, episode.invoke, payload, config, context=context)
-    try:
-        output = future.result(timeout=context.episode_timeout_s)
-    except FutureTimeout:
-        reason = f"the episode ran longer than episode_timeout_s={context.episode_timeout_s:g}"
-        result = failed_result(task, reason, time.monotonic() - started, kind=TIMEOUT)
-    except GraphBubbleUp:  # an interrupt (or other control flow) is LangGraph's, not a failure
-        raise
-    except ModelEndpointError as exc:  # episodes record endpoint failures; this is a fallback
-        result = failed_result(
-            task,
-            exc.one_line(),
-            time.monotonic() - started,
-            kind=ENDPOINT,
-            failure=exc.as_failure(),
-        )
-    except Exception as exc:  # any failure of one task stays with that task
-        reason = f"{type(exc).__name__}: {exc}"
-        result = failed_result(task, reason, time.monotonic() - started, kind=INTERNAL)
+    task = {"id": state.get("task_id") or "?"}
+    exc = error.error
+    if isinstance(exc, ModelEndpointError):
+        result = failed_result(task, exc.one_line(), 0.0, kind=ENDPOINT, failure=exc.as_failure())
     else:
-        result = episode_result(output, time.monotonic() - started)
-    finally:
-        pool.shutdown(wait=False)
-    if result["status"] == "failed":
-        emit(
-            "task_failed",
-            f"task {task['id']} failed ({result['error_kind']}): {result['error'][:200]}",
-            task_id=task["id"],
-            error_kind=result["error_kind"],
-        )
-    else:
-        emit("task_done", f"task {task['id']}: {result['status']}", task_id=task["id"])
+        result = failed_result(task, f"{type(exc).__name__}: {exc}", 0.0, kind=INTERNAL)
+    emit(
+        "task_failed",
+        f"task {task['id']} failed ({result['error_kind']}): {result['error'][:200]}",
+        task_id=task["id"],
+        error_kind=result["error_kind"],
+    )
     return {"results": [result]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
@@ -14,6 +15,7 @@ from langgraph.runtime import Runtime
 
 from insitu.context import InsituContext
 from insitu.events import emit
+from insitu.graphs.state import EpisodeState
 from insitu.llm import ModelEndpointError, call_model, truncation_notice
 from insitu.services import Services
 from insitu.structured import (
@@ -158,6 +160,22 @@ def echoes_prompt(text: str, prompt: Sequence[BaseMessage]) -> bool:
         if line.startswith("## ")
     }
     return any(line.strip() in headings for line in text.splitlines())
+
+
+def deadline_update(state: EpisodeState) -> dict[str, Any]:
+    """``failure`` (kind ``timeout``) once the episode is past its deadline, else nothing.
+
+    The roles call it as they finish (and the Executor between its steps), so an
+    episode over ``episode_timeout_s`` stops at the next step: every model call
+    and tool call in between is bounded by its own timeout.
+    """
+    deadline = state.get("deadline_at")
+    if deadline is None or state.get("failure") or time.time() <= deadline:
+        return {}
+    limit = deadline - state.get("started_at", deadline)
+    message = f"the episode ran longer than episode_timeout_s={limit:g} and was stopped"
+    emit("timed_out", message)
+    return {"failure": {"kind": "timeout", "message": message}}
 
 
 def failure_update(error: ModelEndpointError) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from insitu.llm import (
 )
 from insitu.nodes.common import (
     compact_json,
+    deadline_update,
     echoes_prompt,
     failure_update,
     files_section,
@@ -54,6 +55,7 @@ from insitu.structured import (
 from insitu.tool_store.adapter import as_structured_tool
 from insitu.tool_store.contract import now_utc
 from insitu.tool_store.errors import ToolNotFoundError
+from insitu.tool_store.mcp_tools import as_mcp_tool, mcp_binding
 
 ROLE = "executor"
 #: Outcome kinds that point at the tool rather than at the arguments it was given.
@@ -143,6 +145,14 @@ def bind_tools(
         # A version built or repaired in this episode is not in the library yet,
         # so its calls count for the episode but not for library statistics.
         episode_version = local or name in (state.get("repaired_tools") or {})
+        if mcp_binding(record) is not None:  # runs in its external MCP server, not sandboxed
+            tools[name] = as_mcp_tool(
+                record,
+                timeout_s=context.tool_timeout_s,
+                max_output_chars=context.max_tool_output_chars,
+                on_call=recorder.callback(name, record.version, episode_version),
+            )
+            continue
         tools[name] = as_structured_tool(
             record,
             sandbox=sandbox,
@@ -473,6 +483,10 @@ def execute_task(
     steps = reasks = 0
     emit("executing", f"executing with {len(tools)} tool(s) ({mode})", tools=sorted(tools))
     while steps < context.max_react_steps and report is None:
+        failure = deadline_update(state)
+        if failure:
+            report = ExecutorReport(kind="error", message=failure["failure"]["message"])
+            break
         steps += 1
         try:
             reply = call_model(

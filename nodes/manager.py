@@ -23,6 +23,7 @@ from insitu.llm import ModelEndpointError
 from insitu.nodes.common import (
     ask_role,
     compact_json,
+    deadline_update,
     failure_update,
     files_section,
     prompt_messages,
@@ -214,6 +215,18 @@ def plan_task(
     store = services.store(context)
     messages = manager_messages(state, candidates, context)
     usage = TokenUsage()
+
+    def planned(**update: Any) -> dict[str, Any]:
+        """What every outcome of this round writes, and ``update``."""
+        return {
+            "rounds": rounds,
+            "replans_left": context.max_rounds - rounds,
+            "candidates": candidates,
+            "requests": [],
+            "usage": usage_update(ROLE, usage),
+            **update,
+        }
+
     try:
         asked = ask_role(
             ROLE,
@@ -226,23 +239,9 @@ def plan_task(
             usage,
         )
     except StructuredOutputError as exc:
-        return {
-            "rounds": rounds,
-            "replans_left": context.max_rounds - rounds,
-            "candidates": candidates,
-            "requests": [],
-            "plan_error": f"the Manager gave no usable plan: {exc}",
-            "usage": usage_update(ROLE, usage),
-        }
+        return planned(plan_error=f"the Manager gave no usable plan: {exc}")
     except ModelEndpointError as exc:
-        return {
-            "rounds": rounds,
-            "replans_left": context.max_rounds - rounds,
-            "candidates": candidates,
-            "requests": [],
-            "usage": usage_update(ROLE, usage),
-            **failure_update(exc),
-        }
+        return planned(**failure_update(exc))
     decision: ManagerDecision = asked.value
     requests = [
         ToolRequest(
@@ -256,13 +255,10 @@ def plan_task(
         bind=decision.bind,
         requests=[r["name"] for r in requests],
     )
-    return {
-        "rounds": rounds,
-        "replans_left": context.max_rounds - rounds,
-        "candidates": candidates,
-        "bound_tools": decision.bind,
-        "guidance": decision.guidance,
-        "requests": requests,
-        "plan_error": "",
-        "usage": usage_update(ROLE, usage),
-    }
+    return planned(
+        bound_tools=decision.bind,
+        guidance=decision.guidance,
+        requests=requests,
+        plan_error="",
+        **deadline_update(state),
+    )

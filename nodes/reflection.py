@@ -17,7 +17,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from insitu.context import InsituContext
+from insitu.context import CommitMode, InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeMetrics, EpisodeState
 from insitu.llm import ModelEndpointError
@@ -55,7 +55,11 @@ def calls_commit_id(prefix: str, calls: Sequence[dict[str, Any]]) -> str:
 
 
 def update_tool_stats(
-    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+    state: EpisodeState,
+    runtime: Runtime[InsituContext],
+    *,
+    services: Services,
+    commit_mode: CommitMode | None = None,
 ) -> dict[str, Any]:
     """Record every call of a library tool in the library's statistics, exactly once.
 
@@ -65,7 +69,7 @@ def update_tool_stats(
     """
     context = settings(runtime)
     calls = [] if context.freeze_library else library_calls(state)
-    if calls and context.commit_mode == "store":
+    if calls and (commit_mode or context.commit_mode) == "store":
         services.store(context).record_calls(
             calls, commit_id=calls_commit_id(f"episode:{state['task_id']}", calls)
         )
@@ -166,7 +170,11 @@ def commit_id_for(task_id: str, changes: ChangeSet) -> str:
 
 
 def commit_tools(
-    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+    state: EpisodeState,
+    runtime: Runtime[InsituContext],
+    *,
+    services: Services,
+    commit_mode: CommitMode | None = None,
 ) -> dict[str, Any]:
     """Commit the episode's tools (``commit_mode="store"``) or hand them over ("defer").
 
@@ -185,7 +193,7 @@ def commit_tools(
     if not context.keep_new_tools:
         emit("not_kept", f"{len(new_tools)} tool(s) of this task are not kept (no-reuse run)")
         return {"new_tools": new_tools}
-    if context.commit_mode == "store":
+    if (commit_mode or context.commit_mode) == "store":
         changes = episode_changes(state)
         try:
             result = services.store(context).commit(

@@ -32,7 +32,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, ValidationError
 
-from insitu.context import InsituContext
+from insitu.context import CommitMode, InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeState
 from insitu.nodes.common import settings
@@ -198,11 +198,52 @@ def apply_decision(
     return None, {"name": record.name, "version": record.version, "reason": reason}
 
 
+def apply_decisions(
+    records: Mapping[str, ToolRecord],
+    value: Any,
+    *,
+    review_scope: str,
+    services: Services,
+    context: InsituContext,
+    scratch_dir: Path,
+) -> dict[str, tuple[ToolRecord | None, dict[str, Any] | None]]:
+    """Carry out a resume value's decisions for every tool under review.
+
+    Args:
+        records: The tools under review, by name.
+        value: The resume value (see :func:`parse_decisions`).
+        review_scope: Who reviewed (``episode:<task>`` or ``batch:<id>``): with
+            each tool's name and hash, the idempotency key of its rejection.
+        services: Supplies the store and the sandbox.
+        context: The run's settings.
+        scratch_dir: Where edited tools are tested.
+
+    Returns:
+        ``name -> (record to commit or None, rejection or None)``.
+    """
+    decisions = parse_decisions(value, records)
+    return {
+        name: apply_decision(
+            record,
+            decisions[name],
+            review_id=f"{review_scope}:{name}:{record.hash[:12]}",
+            services=services,
+            context=context,
+            scratch_dir=scratch_dir,
+        )
+        for name, record in records.items()
+    }
+
+
 # ------------------------------------------------------------------ the episode
 
 
 def review_episode_tools(
-    state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
+    state: EpisodeState,
+    runtime: Runtime[InsituContext],
+    *,
+    services: Services,
+    commit_mode: CommitMode | None = None,
 ) -> dict[str, Any]:
     """Reflection node: pause for a reviewer before the episode's tools are committed.
 
@@ -216,7 +257,7 @@ def review_episode_tools(
     context = settings(runtime)
     if (
         context.tool_approval == "none"
-        or context.commit_mode != "store"
+        or (commit_mode or context.commit_mode) != "store"
         or context.freeze_library
         or not context.keep_new_tools
     ):
@@ -238,18 +279,18 @@ def review_episode_tools(
     value = interrupt(
         {"kind": REVIEW_KIND, "scope": "episode", "task_id": state["task_id"], "tools": items}
     )
-    decisions = parse_decisions(value, under_review)
-    update: dict[str, Any] = {"local_tools": {}, "repaired_tools": {}, "rejected_tools": []}
     scratch = Path(state["workdir"]).parent / f".{Path(state['workdir']).name}-review"
-    for name, (pool, record) in under_review.items():
-        kept, rejection = apply_decision(
-            record,
-            decisions[name],
-            review_id=f"episode:{state['task_id']}:{name}:{record.hash[:12]}",
-            services=services,
-            context=context,
-            scratch_dir=scratch,
-        )
+    outcomes = apply_decisions(
+        {name: record for name, (_pool, record) in under_review.items()},
+        value,
+        review_scope=f"episode:{state['task_id']}",
+        services=services,
+        context=context,
+        scratch_dir=scratch,
+    )
+    update: dict[str, Any] = {"local_tools": {}, "repaired_tools": {}, "rejected_tools": []}
+    for name, (kept, rejection) in outcomes.items():
+        pool = under_review[name][0]
         update[pool][name] = None if kept is None else kept.model_dump(mode="json")
         if rejection:
             update["rejected_tools"].append(rejection)
@@ -308,20 +349,19 @@ def review_batch_tools(
     emit("awaiting_review", f"{len(items)} tool(s) of the batch await a reviewer's decision")
     batch_id = state.get("batch_id") or "batch"
     value = interrupt({"kind": REVIEW_KIND, "scope": "batch", "batch_id": batch_id, "tools": items})
-    decisions = parse_decisions(value, under_review)
-    scratch = Path(store.path) / "workspaces" / f".review-{batch_id}"
+    outcomes = apply_decisions(
+        {name: record for name, (_position, _kind, record) in under_review.items()},
+        value,
+        review_scope=f"batch:{batch_id}",
+        services=services,
+        context=context,
+        scratch_dir=Path(store.path) / "workspaces" / f".review-{batch_id}",
+    )
     dropped: set[int] = set()
     rejected: list[dict[str, Any]] = []
     restored: list[ToolAdd] = []
-    for name, (position, kind, record) in under_review.items():
-        kept, rejection = apply_decision(
-            record,
-            decisions[name],
-            review_id=f"batch:{batch_id}:{name}:{record.hash[:12]}",
-            services=services,
-            context=context,
-            scratch_dir=scratch,
-        )
+    for name, (kept, rejection) in outcomes.items():
+        position, kind, _record = under_review[name]
         change = changes.changes[position]
         if kept is not None:
             change.spec = kept.spec()

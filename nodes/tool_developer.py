@@ -27,6 +27,7 @@ from insitu.graphs.state import BuildFailure, EpisodeState, ToolRequest
 from insitu.llm import ModelEndpointError
 from insitu.nodes.common import (
     compact_json,
+    deadline_update,
     failure_update,
     model_caller,
     prompt_messages,
@@ -407,5 +408,5 @@ def build_tools(
         "build_outcome": "failed" if failures or endpoint_error else "ready",
         "repairs": repairs,
         "usage": usage_update(ROLE, usage),
-        **(failure_update(endpoint_error) if endpoint_error else {}),
+        **(failure_update(endpoint_error) if endpoint_error else deadline_update(state)),
     }

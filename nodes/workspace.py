@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import shutil
+import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,51 @@ def check_task(state: EpisodeState) -> tuple[str, str]:
     return task.strip(), task_id
 
 
+def copy_task_files(sources: list[Path], workdir: Path) -> None:
+    """Copy the task's files into its workdir without ever following a link there.
+
+    The workdir may hold what a tool of an earlier run of the same task left,
+    links included; root writes through the directory's descriptor, replacing
+    each entry of a file's name with a new file (``O_EXCL | O_NOFOLLOW``), so a
+    planted link is removed, never written through.
+
+    Args:
+        sources: The task's files (existing regular files).
+        workdir: The episode's working directory (created if missing).
+
+    Raises:
+        InvalidTaskError: The workdir or a file's place in it cannot be used safely.
+    """
+    from insitu.sandbox import backend as backends
+
+    try:
+        directory = backends.open_directory(workdir, create=True)
+    except OSError as exc:
+        raise InvalidTaskError(f"the task's working directory cannot be used: {exc}") from None
+    try:
+        for source in sources:
+            if os.path.realpath(source.parent) == os.path.realpath(workdir):
+                # Named inside the workdir: used as it is, unless a tool made it a link
+                # (root would read wherever it points, for the tool to see).
+                entry = os.stat(source.name, dir_fd=directory, follow_symlinks=False)
+                if not stat.S_ISREG(entry.st_mode):
+                    raise InvalidTaskError(
+                        f"the task's file {str(source)!r} lies in its working directory but is "
+                        "not a regular file (a link?); pass a file from elsewhere."
+                    )
+                continue
+            try:
+                with source.open("rb") as content:
+                    backends.write_new_file(directory, source.name, content, replace=True)
+            except OSError as exc:
+                raise InvalidTaskError(
+                    f"the task's file {source.name!r} could not be copied into its working "
+                    f"directory: {exc}."
+                ) from None
+    finally:
+        os.close(directory)
+
+
 def prepare_workspace(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
@@ -60,18 +107,18 @@ def prepare_workspace(
     context = settings(runtime)
     task, task_id = check_task(state)
     workdir = Path(context.store_dir).resolve() / "workspaces" / task_id.replace(":", "_")
-    workdir.mkdir(parents=True, exist_ok=True)
-    names = []
+    sources = []
     for item in state.get("files") or []:
         source = Path(item).expanduser()
         if not source.is_file():
             raise InvalidTaskError(f"the task's file {item!r} does not exist or is not a file.")
-        target = workdir / source.name
-        if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
-        names.append(source.name)
+        sources.append(source)
+    copy_task_files(sources, workdir)
+    names = [source.name for source in sources]
     # Start the sandbox worker for this directory now, while the Manager plans.
-    services.sandbox(context).prewarm(workdir)
+    sandbox = services.sandbox(context)
+    sandbox.prewarm(workdir)
+    started = time.time()
     return {
         "task": task,
         "task_id": task_id,
@@ -80,4 +127,8 @@ def prepare_workspace(
         "rounds": 0,
         "repairs": 0,
         "executor_steps": 0,
+        "sandbox": {"backend": sandbox.backend, "isolation": sandbox.isolation_level},
+        "started_at": started,
+        # The roles stop at this time (episode_timeout_s): see insitu.nodes.common.past_deadline.
+        "deadline_at": started + context.episode_timeout_s,
     }

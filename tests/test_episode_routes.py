@@ -377,3 +377,11 @@ def test_a_missing_task_file_is_a_clear_error(run_episode, store, tmp_path) -> N
             "Count lines in gone.txt", ScriptedTeam().model(), files=(tmp_path / "gone.txt",)
         )
     assert store.count() == 0
+
+
+def test_the_result_says_where_the_tools_ran(run_episode) -> None:
+    result, _ = run_episode(MEAN_TASK, ScriptedTeam().model())
+    assert result.sandbox["backend"] in ("bwrap", "degraded")
+    assert result.sandbox["isolation"] == (
+        "strong" if result.sandbox["backend"] == "bwrap" else "weak"
+    )

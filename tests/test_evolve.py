@@ -145,13 +145,16 @@ def test_parallel_episodes_never_see_each_others_local_tools(store, sandbox) -> 
 
 def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) -> None:
     team = ScriptedTeam()
+    after_the_limit: list[str] = []
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
         text = prompt_of(messages)
         if text.startswith("You are the Manager") and "crash" in text:
             raise RuntimeError("endpoint exploded")
         if text.startswith("You are the Manager") and "slow" in text:
-            time.sleep(5)
+            time.sleep(2.5)
+        elif "slow" in text:
+            after_the_limit.append(text[:40])  # any role the slow episode asks after its limit
         return team.respond(messages, tools)
 
     started = time.monotonic()
@@ -162,7 +165,10 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
         tasks_of(MEAN, "crash: " + DATES, "slow: " + DATES),
         episode_timeout_s=1.5,
     )
-    assert time.monotonic() - started < 5  # the slow episode was given up on
+    # The slow episode was stopped at its next step, not left running: no role of it
+    # was asked anything after the limit, and the batch did not wait beyond that step.
+    assert time.monotonic() - started < 8
+    assert after_the_limit == []
     results = {r["task_id"]: r for r in final["results"]}
     assert results["t0"]["status"] == "completed"
     assert results["t1"]["status"] == "failed" and "endpoint exploded" in results["t1"]["error"]
@@ -170,56 +176,70 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
     assert results["t1"]["failure"]["role"] == "manager"
     assert results["t2"]["status"] == "failed" and "episode_timeout_s" in results["t2"]["error"]
     assert results["t2"]["error_kind"] == "timeout"
+    assert results["t2"]["usage"]["manager"]["calls"] == 1  # tokens spent before are kept
     assert results["t0"]["error"] is None and results["t0"]["error_kind"] is None
     assert final["absorb"]["added"] == ["summarize_numbers"]
     assert store.count() == 1
 
 
-class RaisingEpisode:
-    """An episode graph stand-in whose run raises ``error``."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def invoke(self, payload: dict[str, Any], config: Any, **kwargs: Any) -> Any:
-        raise self.error
-
-
-class FailedEpisode:
-    """An episode graph stand-in that ends failed on the endpoint, after spending tokens."""
-
-    def invoke(self, payload: dict[str, Any], config: Any, **kwargs: Any) -> Any:
-        failure = ModelEndpointError(
-            role="executor", model="m", url="http://x", status=503, reason="overloaded"
-        ).as_failure()
-        usage = {"manager": {"input_tokens": 10, "output_tokens": 2, "total_tokens": 12}}
-        return {"answer": "Failed", "status": "failed", "failure": failure, "usage": usage}
-
-
 @pytest.mark.parametrize(
-    ("episode", "kind"),
+    ("error", "kind"),
     [
-        (
-            RaisingEpisode(ModelEndpointError(role="manager", model="m", url="u", reason="x")),
-            "endpoint",
-        ),
-        (RaisingEpisode(ValueError("a bug\nover two lines")), "internal"),
-        (FailedEpisode(), "endpoint"),
+        (ModelEndpointError(role="manager", model="m", url="u", reason="x"), "endpoint"),
+        (ValueError("a bug\nover two lines"), "internal"),
     ],
 )
-def test_every_failed_result_says_what_kind_of_failure(episode, kind) -> None:
-    from insitu.context import InsituContext
-    from insitu.nodes.batch import _solve
+def test_an_episode_that_raises_fails_alone_with_its_kind(error, kind) -> None:
+    from langgraph.errors import NodeError
 
-    task = {"id": "t0", "question": MEAN}
-    (result,) = _solve(task, {}, {}, InsituContext(), episode)["results"]
+    from insitu.nodes.batch import episode_crashed
+
+    update = episode_crashed({"task": MEAN, "task_id": "t0"}, NodeError("solve_task", error))
+    (result,) = update["results"]
+    assert result["task_id"] == "t0"
     assert result["status"] == "failed" and result["error_kind"] == kind
     assert result["error"] and "\n" not in result["error"]
     if kind == "endpoint":
         assert result["failure"]["kind"] == "endpoint"
         assert result["error"] == result["failure"]["message"]
-    if isinstance(episode, FailedEpisode):  # the tokens spent before the failure are kept
-        assert result["usage"]["manager"]["input_tokens"] == 10
+
+
+def test_a_task_of_a_batch_is_a_subgraph_that_can_be_inspected(store, sandbox) -> None:
+    """With episode checkpoints, each task's own state is there to inspect or fork."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    graph = create_evolve_graph(
+        models=ScriptedTeam().model(),
+        tool_store=store,
+        sandbox=sandbox,
+        checkpointer=InMemorySaver(),
+        episode_checkpoints=True,
+    )
+    config = {"configurable": {"thread_id": "inspect"}}
+    context = {"store_dir": str(store.path)}
+    graph.invoke({"tasks": tasks_of(MEAN, DATES), "batch_id": "i1"}, config, context=context)
+    children = {
+        namespace
+        for namespace, _chunk in graph.stream(
+            {"tasks": tasks_of(MEAN), "batch_id": "i2"},
+            {"configurable": {"thread_id": "inspect-2"}},
+            context=context,
+            stream_mode="updates",
+            subgraphs=True,
+        )
+        if namespace
+    }
+    assert any(ns[0].startswith("solve_task:") for ns in children)
+    history = list(graph.get_state_history(config))
+    episodes = [
+        task
+        for snapshot in history
+        for task in snapshot.tasks
+        if task.name == "solve_task" and task.state is not None
+    ]
+    assert episodes, "each task's checkpoint namespace is recorded"
+    inner = graph.get_state(episodes[0].state, subgraphs=True)
+    assert inner.values.get("task_id") in ("t0", "t1")
 
 
 @pytest.mark.parametrize(("limit", "expected_max"), [(1, 1), (2, 2), (6, 6)])

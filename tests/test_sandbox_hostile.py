@@ -9,6 +9,7 @@ import contextlib
 import os
 import resource
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -348,27 +349,56 @@ value = found
     assert seen["WEATHER_KEY"] == "declared-1"
 
 
+def leads_to(entry: str, bound: list[str]) -> bool:
+    """Whether ``entry`` is a bound path or a directory on the way to one."""
+    return any(path == entry or path.startswith(entry.rstrip("/") + "/") for path in bound)
+
+
 def test_host_files_are_invisible_under_bwrap(workdir: Path, tmp_path: Path) -> None:
+    """Nothing of the host is visible but the bound paths and the directories leading to them.
+
+    Independent of where Python lives: a virtualenv under the home directory
+    shows as the directories on the way to it, nothing else of the home does.
+    """
     if not INFO.bwrap_works:
         pytest.skip(f"bwrap backend unavailable here: {INFO.bwrap_error}")
     store = tmp_path / "store"
     store.mkdir()
     (store / "library.json").write_text("secret tool library")
     project_file = Path(__file__).resolve()
+    home = os.path.realpath(Path.home())
+    # A file planted in the home directory for this test: it must not be visible.
+    canary = Path(home) / f".insitu-canary-{uuid.uuid4().hex}"
+    try:
+        canary.write_text("host only")
+    except OSError:
+        canary = store / "canary"
+        canary.write_text("host only")
     body = f"""
 checks = {{}}
-for path in [{str(store / "library.json")!r}, {str(project_file)!r}, "/root/.bashrc",
-             "/root/.config", "/home", "/etc/shadow", "/etc/hostname"]:
+for path in [{str(store / "library.json")!r}, {str(project_file)!r}, {str(canary)!r},
+             "/etc/shadow", "/etc/hostname"]:
     checks[path] = os.path.exists(path)
-checks["root_listing"] = sorted(os.listdir("/root"))
-value = checks
+listings = {{}}
+for directory in ["/root", "/home", {home!r}]:
+    listings[directory] = sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+value = {{"checks": checks, "listings": listings}}
 """
-    with Sandbox(SandboxSettings(backend="bwrap", **SETTINGS)) as sb:
-        out = sb.call(hostile(body), {}, workdir=workdir)
+    try:
+        with Sandbox(SandboxSettings(backend="bwrap", **SETTINGS)) as sb:
+            out = sb.call(hostile(body), {}, workdir=workdir)
+    finally:
+        canary.unlink(missing_ok=True)
     assert out.ok, out
     seen = out.output["value"]
-    assert seen.pop("root_listing") in ([], [".pyenv"])
-    assert not any(seen.values()), seen
+    assert not any(seen["checks"].values()), seen["checks"]
+    bound = [*backends.python_paths(sys.executable), os.path.realpath(workdir)]
+    for directory, names in seen["listings"].items():
+        if names is None:
+            continue
+        assert leads_to(directory, bound), (directory, names)
+        stray = [n for n in names if not leads_to(os.path.join(directory, n), bound)]
+        assert not stray, (directory, stray, bound)
 
 
 def test_bwrap_names_only_the_sandbox_user(workdir: Path) -> None:
@@ -491,6 +521,16 @@ def test_undeclared_network_cannot_reach_the_host(
         denied = sb.call(hostile(connect_body(tcp_server)), {}, workdir=workdir, warm=warm)
         assert denied.ok, denied
         assert denied.output["value"].startswith("failed: "), denied.output
+        # Declaring network gives a namespace of its own with no route to the host's
+        # loopback (tests/test_sandbox_walls.py covers the rest of the network wall).
+        walled = sb.call(
+            hostile(connect_body(tcp_server)), {}, workdir=workdir, network=True, warm=warm
+        )
+        assert walled.ok, walled
+        assert walled.output["value"].startswith("failed: "), walled.output
+    # The server is there: the operator's old shared network reaches it.
+    shared = SandboxSettings(backend="bwrap", shared_host_network=True, **SETTINGS)
+    with Sandbox(shared) as sb:
         allowed = sb.call(
             hostile(connect_body(tcp_server)), {}, workdir=workdir, network=True, warm=warm
         )

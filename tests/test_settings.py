@@ -14,7 +14,7 @@ import os
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import pytest
@@ -99,13 +99,15 @@ def test_every_type_is_read_from_the_environment(
 
 def test_every_setting_has_its_insitu_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Set every field from INSITU_<NAME> with a value other than its default."""
+    import typing
+
     samples = {bool: "false", int: "7", float: "0.5", str: "x", list: "a,b"}
+    hints = typing.get_type_hints(InsituContext)
     for name in SETTING_NAMES:
         default = default_value(name)
-        if name in ("tool_calling", "tool_choice", "commit_mode", "embedding", "sandbox_backend"):
-            text = {"tool_calling": "text", "tool_choice": "required", "commit_mode": "defer"}.get(
-                name, {"embedding": "hashing", "sandbox_backend": "bwrap"}.get(name)
-            )
+        choices = typing.get_args(hints[name]) if typing.get_origin(hints[name]) is Literal else ()
+        if choices:  # a choice: any other than the default
+            text = next(c for c in choices if c != default)
         elif default is None:
             text = "0.5" if name == "absorb_threshold" else "a,b" if "packages" in name else "u"
         elif isinstance(default, bool):

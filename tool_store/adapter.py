@@ -4,6 +4,10 @@ Graph state keeps tool references and specs only (live tool objects do not
 checkpoint); the Executor builds these wrappers from the records whenever it
 binds tools. Each call runs in the sandbox and comes back as text for the
 model: the JSON output, or the error kind and message. Nothing raises.
+
+A call receives the real values of the secrets its tool declares only when the
+operator allowed them (the allow-list bound to the sandbox); a tool declaring
+any other secret is not run, and its calls say why.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import StructuredTool
 
-from insitu.tool_store.admission import secrets_from_env
+from insitu.tool_store.admission import secret_policy
 from insitu.tool_store.contract import ToolSpec
 
 if TYPE_CHECKING:
@@ -45,6 +49,15 @@ def render_outcome(outcome: Outcome, max_chars: int) -> str:
     return text
 
 
+def _refused(sandbox: Sandbox, reason: str) -> Outcome:
+    """The outcome of a call that was not run: the tool declares a secret not allowed."""
+    from insitu.sandbox import ErrorKind, Outcome
+
+    outcome = Outcome.failure(ErrorKind.SANDBOX, reason)
+    outcome.backend, outcome.isolation = sandbox.backend, sandbox.isolation_level
+    return outcome
+
+
 def as_structured_tool(
     spec: ToolSpec,
     *,
@@ -68,17 +81,23 @@ def as_structured_tool(
     Returns:
         A tool whose argument schema is the spec's input schema.
     """
-    secrets = secrets_from_env(spec.secrets)
+    policy = secret_policy(sandbox)
+    # A tool stored before the allow-list, or under a wider one, is not run at all.
+    refusal = policy.refusal(spec.name, spec.secrets)
+    secrets = policy.values(spec.secrets)
 
     def call(**kwargs: Any) -> str:
-        outcome = sandbox.call(
-            spec.source,
-            kwargs,
-            workdir=workdir,
-            network=spec.network,
-            secrets=secrets,
-            timeout_s=timeout_s,
-        )
+        if refusal:
+            outcome = _refused(sandbox, refusal)
+        else:
+            outcome = sandbox.call(
+                spec.source,
+                kwargs,
+                workdir=workdir,
+                network=spec.network,
+                secrets=secrets,
+                timeout_s=timeout_s,
+            )
         text = render_outcome(outcome, max_output_chars)
         if on_call is not None:
             on_call(kwargs, outcome, text)

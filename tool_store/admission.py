@@ -6,24 +6,35 @@ dependencies against the store's tool environment, the schemas derived in the
 sandbox, then the tool's own tests in the sandbox. Each failure is an
 :class:`AdmissionError` whose message is written for the model that will fix
 the code.
+
+Secrets follow the operator's allow-list (the ``allowed_secrets`` setting,
+bound to a sandbox with :func:`set_secret_policy`): a tool that declares any
+other is refused, and the tool's own tests only ever see placeholders
+(:func:`placeholder_secrets`), never the real values, which only real calls get.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import logging
 import os
-import shutil
+import re
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from insitu.tool_store.contract import (
+    SECRET_NAME_PATTERN,
     ContractError,
     ToolSpec,
     ToolTest,
+    is_reserved_secret_name,
     validate_source,
     validate_tests,
 )
@@ -31,7 +42,9 @@ from insitu.tool_store.contract import (
 if TYPE_CHECKING:
     from insitu.sandbox import Sandbox, TestReport
 
-Stage = Literal["static", "dependencies", "describe", "tests"]
+logger = logging.getLogger("insitu.admission")
+
+Stage = Literal["static", "secrets", "dependencies", "describe", "tests"]
 
 
 class AdmissionError(ValueError):
@@ -44,16 +57,220 @@ class AdmissionError(ValueError):
 
 
 def secrets_from_env(names: Iterable[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return the declared secrets that are set in the environment.
+    """Return the named variables that are set in the environment.
 
-    Only these variables ever reach the sandbox; undeclared ones never do.
+    This applies no policy: callers pass only names the operator allowed (see
+    :meth:`SecretPolicy.values`).
 
     Args:
-        names: The secret names a tool declares.
+        names: Variable names.
         env: Where to read them (default ``os.environ``).
     """
     env = os.environ if env is None else env
     return {name: env[name] for name in names if name in env}
+
+
+#: Placeholder values the tool's own tests see instead of real secrets.
+PLACEHOLDER_PREFIX = "insitu-placeholder-"
+
+#: Model providers whose keys insitu itself may hold (``<PROVIDER>_API_KEY`` and the like).
+MODEL_PROVIDERS = (
+    "OPENAI",
+    "AZURE_OPENAI",
+    "ANTHROPIC",
+    "GOOGLE",
+    "GEMINI",
+    "VERTEX",
+    "MISTRAL",
+    "COHERE",
+    "GROQ",
+    "TOGETHER",
+    "FIREWORKS",
+    "DEEPSEEK",
+    "XAI",
+    "OPENROUTER",
+    "PERPLEXITY",
+    "HUGGINGFACE",
+    "HUGGINGFACEHUB",
+    "HF",
+    "NVIDIA",
+    "VOYAGE",
+    "REPLICATE",
+    "AWS",
+    "BEDROCK",
+    "LANGSMITH",
+    "LANGCHAIN",
+    "OLLAMA",
+)
+#: The suffixes of their credential variables (``OPENAI_API_KEY``, ``HF_TOKEN``...).
+_CREDENTIAL_SUFFIXES = (
+    "API_KEY",
+    "API_TOKEN",
+    "TOKEN",
+    "SECRET_KEY",
+    "SECRET_ACCESS_KEY",
+    "ACCESS_KEY_ID",
+    "SESSION_TOKEN",
+    "APPLICATION_CREDENTIALS",
+)
+_PROVIDER_KEY = re.compile(
+    rf"^(?:{'|'.join(MODEL_PROVIDERS)})_(?:[A-Z0-9_]*_)?(?:{'|'.join(_CREDENTIAL_SUFFIXES)})$"
+)
+
+
+def is_insitu_credential(name: str) -> bool:
+    """Whether ``name`` is one of insitu's own credentials or settings.
+
+    A model provider's key (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
+    ``HF_TOKEN``...) or any ``INSITU_*`` variable: tools never receive these
+    unless the operator names them, one by one, in ``allowed_secrets``.
+
+    Args:
+        name: An environment variable name.
+    """
+    return name.startswith("INSITU_") or bool(_PROVIDER_KEY.match(name))
+
+
+def placeholder_secrets(names: Iterable[str]) -> dict[str, str]:
+    """Return the placeholder value of every name: ``insitu-placeholder-<NAME>``.
+
+    Admission runs a tool's own tests with these, so that code under test can
+    never read (and send away) a real secret.
+
+    Args:
+        names: The secret names a tool declares.
+    """
+    return {name: f"{PLACEHOLDER_PREFIX}{name}" for name in names}
+
+
+class SecretPolicyError(ValueError):
+    """An allow-list of secrets is malformed, or a sandbox is bound to another one."""
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    """Which secrets tools may receive: exactly the names the operator listed.
+
+    Attributes:
+        allowed: The operator's ``allowed_secrets`` (empty: no tool gets any).
+    """
+
+    allowed: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, names: Iterable[str] | None) -> SecretPolicy:
+        """Build a policy from the ``allowed_secrets`` setting.
+
+        Args:
+            names: Environment variable names (``None``: none).
+
+        Raises:
+            SecretPolicyError: A name that is not an upper-case variable name, or
+                is configuration the sandbox sets itself (PATH, PYTHON*...).
+        """
+        allowed = frozenset(names or ())
+        bad = sorted(n for n in allowed if not SECRET_NAME_PATTERN.match(n))
+        if bad:
+            raise SecretPolicyError(
+                f"allowed_secrets: {', '.join(map(repr, bad))} is not an environment variable "
+                "name (upper case letters, digits and _, e.g. WEATHER_API_KEY)"
+            )
+        reserved = sorted(n for n in allowed if is_reserved_secret_name(n))
+        if reserved:
+            raise SecretPolicyError(
+                f"allowed_secrets: {', '.join(reserved)} is configuration the sandbox sets "
+                "itself (PATH, HOME, LANG, PYTHON*, LD_*, LC_*), not a secret a tool may receive"
+            )
+        return cls(allowed)
+
+    def refused(self, names: Iterable[str]) -> list[str]:
+        """The names in ``names`` that are not allowed, in order."""
+        return [name for name in names if name not in self.allowed]
+
+    def refusal(self, tool: str, names: Iterable[str]) -> str | None:
+        """Why tool ``tool`` may not declare ``names``, or None if it may.
+
+        Args:
+            tool: The tool's name, for the message.
+            names: The secrets it declares.
+
+        Returns:
+            One paragraph naming each refused secret and the setting, or None.
+        """
+        refused = self.refused(names)
+        if not refused:
+            return None
+        allowed = ", ".join(sorted(self.allowed)) or "none"
+        own = [name for name in refused if is_insitu_credential(name)]
+        own_text = (
+            f" {', '.join(own)} {'is' if len(own) == 1 else 'are'} insitu's own credentials "
+            "(a model provider's key or an INSITU_* setting), which no tool gets unless the "
+            "operator names them there."
+            if own
+            else ""
+        )
+        return (
+            f"tool '{tool}' declares the secret(s) {', '.join(refused)}, which the operator has "
+            f"not allowed: tools receive only the secrets named in the allowed_secrets setting "
+            f"(now: {allowed}).{own_text} Remove them from __TOOL_META__['secrets'] and write the "
+            "tool without them (take what it needs as input)."
+        )
+
+    def values(self, names: Iterable[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The real values a call of a tool declaring ``names`` receives.
+
+        Only allowed names that are set in ``env`` (default ``os.environ``).
+        """
+        return secrets_from_env([name for name in names if name in self.allowed], env)
+
+
+_policies: weakref.WeakKeyDictionary[Sandbox, SecretPolicy] = weakref.WeakKeyDictionary()
+_policies_lock = threading.Lock()
+
+
+def set_secret_policy(sandbox: Sandbox, allowed: Iterable[str] | None) -> SecretPolicy:
+    """Bind the allow-list of secrets that admissions and calls through ``sandbox`` follow.
+
+    :func:`insitu.services.open_sandbox` binds the ``allowed_secrets`` setting to
+    the sandboxes it builds, and an injected sandbox gets its first run's setting.
+    A sandbox without one lets no secret through.
+
+    Args:
+        sandbox: The sandbox.
+        allowed: The operator's ``allowed_secrets``.
+
+    Returns:
+        The bound policy.
+
+    Raises:
+        SecretPolicyError: A bad name, or the sandbox already follows another
+            allow-list (one sandbox serves one policy, so that no run widens
+            what another run's tools receive).
+    """
+    policy = SecretPolicy.of(allowed)
+    with _policies_lock:
+        bound = _policies.get(sandbox)
+        if bound is not None and bound != policy:
+            raise SecretPolicyError(
+                "this sandbox already serves allowed_secrets="
+                f"{sorted(bound.allowed)}, not {sorted(policy.allowed)}; use one sandbox per "
+                "allow-list"
+            )
+        _policies[sandbox] = policy
+    named = sorted(name for name in policy.allowed if is_insitu_credential(name))
+    if named and bound is None:
+        logger.warning(
+            "allowed_secrets names insitu's own credentials %s: tools that declare them "
+            "receive their real values",
+            ", ".join(named),
+        )
+    return policy
+
+
+def secret_policy(sandbox: Sandbox) -> SecretPolicy:
+    """The allow-list bound to ``sandbox`` (none bound: no secret is allowed)."""
+    with _policies_lock:
+        return _policies.get(sandbox) or SecretPolicy()
 
 
 _directory_locks: dict[Path, threading.Lock] = {}
@@ -73,14 +290,42 @@ def _empty_directory(path: Path) -> None:
     """Create ``path`` or remove everything in it, keeping the directory itself.
 
     The directory (its inode) is kept so that the sandbox's warm worker bound to
-    it serves every attempt at the same tool instead of starting a new one.
+    it serves every attempt at the same tool instead of starting a new one. It
+    is opened without following a link in its place, and emptied entry by entry
+    through its descriptor: root never follows a link a tool left there.
+
+    Raises:
+        OSError: ``path`` is a link or not a directory, or an entry resists.
     """
-    path.mkdir(parents=True, exist_ok=True)
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+    from insitu.sandbox import backend as backends
+
+    fd = backends.open_directory(path, create=True)
+    try:
+        backends.empty_directory(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_case_files(path: Path, cases: Sequence[ToolTest]) -> None:
+    """Write the cases' ``files`` into the emptied test directory, each as a new file.
+
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` through the directory's descriptor: a link
+    planted after the emptying makes this fail instead of writing through it.
+
+    Raises:
+        OSError: The directory is not a plain directory, or a name is taken.
+    """
+    from insitu.sandbox import backend as backends
+
+    # Two cases may carry the same file: the last one's content wins, as before.
+    files = {name: content for case in cases for name, content in case.files.items()}
+    fd = backends.open_directory(path)
+    try:
+        for file_name, content in files.items():
+            # The directory was just emptied: a name that exists now was planted.
+            backends.write_new_file(fd, file_name, content.encode())
+    finally:
+        os.close(fd)
 
 
 def admit_tool(
@@ -92,11 +337,14 @@ def admit_tool(
     expected_name: str | None = None,
     extra_checks: Sequence[Mapping[str, Any]] = (),
     extra_workdir: Path | None = None,
+    allowed_secrets: Iterable[str] | None = None,
 ) -> ToolSpec:
     """Verify a tool end to end and return its spec.
 
     The tests run in an emptied directory under ``scratch_dir`` holding only
     the cases' own ``files``, so that kept tests never depend on one task's files.
+    A tool may declare only secrets the operator allowed; its tests (and the
+    ``extra_checks``) see placeholder values, never the real ones.
 
     Args:
         source: The tool module.
@@ -107,6 +355,8 @@ def admit_tool(
         extra_checks: Cases that must pass too but are not kept (e.g. the call
             that made a repair necessary), run in ``extra_workdir``.
         extra_workdir: The directory of ``extra_checks`` (e.g. the episode's).
+        allowed_secrets: The secrets tools may declare (default: the allow-list
+            bound to ``sandbox``, see :func:`set_secret_policy`).
 
     Returns:
         The spec, with schemas derived from the module.
@@ -121,6 +371,11 @@ def admit_tool(
         raise AdmissionError("static", str(exc), exc.name or expected_name) from None
     meta = info.meta
     name = meta["name"]
+    secrets = list(meta.get("secrets", []))
+    policy = secret_policy(sandbox) if allowed_secrets is None else SecretPolicy.of(allowed_secrets)
+    refusal = policy.refusal(name, secrets)
+    if refusal:
+        raise AdmissionError("secrets", refusal, name)
     dependencies = list(meta.get("dependencies", []))
     if dependencies and sandbox.toolenv is not None:
         report = sandbox.toolenv.ensure(dependencies)
@@ -140,11 +395,20 @@ def admit_tool(
             f"{described.message}{detail}",
             name,
         )
-    secrets = list(meta.get("secrets", []))
     network = bool(meta.get("network", False))
-    report = _run_own_tests(
-        source, cases, sandbox, scratch_dir / f"tests-{name}", network, secrets_from_env(secrets)
-    )
+    # Code under test never sees a real secret: it could send it away.
+    placeholders = placeholder_secrets(secrets)
+    try:
+        report = _run_own_tests(
+            source, cases, sandbox, scratch_dir / f"tests-{name}", network, placeholders
+        )
+    except OSError as exc:
+        raise AdmissionError(
+            "tests",
+            f"tool '{name}': its test directory could not be prepared ({exc}); nothing was "
+            "written there",
+            name,
+        ) from None
     if not report.passed:
         raise AdmissionError("tests", f"tool '{name}' failed its tests:\n{report.message}", name)
     if extra_checks:
@@ -153,7 +417,7 @@ def admit_tool(
             list(extra_checks),
             workdir=extra_workdir or scratch_dir,
             network=network,
-            secrets=secrets_from_env(secrets),
+            secrets=placeholders,
         )
         if not report.passed:
             raise AdmissionError(
@@ -189,15 +453,17 @@ def _run_own_tests(
     in ``sandbox.verdicts`` and identical admissions (the same tool built by
     several episodes of a batch) share one run. Tools with network access are
     always run, as their results may depend on the world.
+
+    Raises:
+        OSError: The directory could not be emptied or a case's file written
+            (a link in the way is never followed).
     """
 
     def run() -> TestReport:
         with _directory_lock(workdir):
-            _empty_directory(workdir)
             try:
-                for case in cases:
-                    for file_name, content in case.files.items():
-                        (workdir / file_name).write_text(content)
+                _empty_directory(workdir)
+                _write_case_files(workdir, cases)
                 return sandbox.run_tests(
                     source,
                     [case.model_dump(exclude={"files"}) for case in cases],
@@ -206,7 +472,9 @@ def _run_own_tests(
                     secrets=secrets,
                 )
             finally:
-                _empty_directory(workdir)
+                # Best effort: the next admission empties it first anyway.
+                with contextlib.suppress(OSError):
+                    _empty_directory(workdir)
 
     if network:
         return run()

@@ -37,6 +37,12 @@ REQUIREMENT_PATTERN = re.compile(
     r"(?:(?:===|==|!=|~=|>=|<=|>|<)\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*$"
 )
 SECRET_NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: Variables that are configuration of the sandboxed process, never secrets: the sandbox
+#: sets them itself, and the host's values would steer the interpreter or the loader.
+RESERVED_SECRET_NAMES = frozenset(
+    {"PATH", "HOME", "PWD", "SHELL", "USER", "LOGNAME", "TERM", "TMPDIR", "TZ", "LANG", "LANGUAGE"}
+)
+RESERVED_SECRET_PREFIXES = ("PYTHON", "LD_", "LC_")
 
 MAX_SOURCE_BYTES = 64_000
 MAX_SOURCE_LINES = 1_500
@@ -121,6 +127,19 @@ def normalize_distribution(name: str) -> str:
         The lower-case name with runs of ``-_.`` replaced by ``-``.
     """
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def is_reserved_secret_name(name: str) -> bool:
+    """Whether ``name`` is sandbox configuration rather than a secret a tool may declare.
+
+    Args:
+        name: An environment variable name.
+
+    Returns:
+        True for the variables of :data:`RESERVED_SECRET_NAMES` and the prefixes
+        of :data:`RESERVED_SECRET_PREFIXES`.
+    """
+    return name in RESERVED_SECRET_NAMES or name.startswith(RESERVED_SECRET_PREFIXES)
 
 
 def requirement_name(requirement: str) -> str:
@@ -241,7 +260,8 @@ class ToolStats(BaseModel):
     creation_cost_tokens: int = 0
 
 
-ToolOrigin = Literal["generated", "repaired", "merged", "imported", "manual"]
+#: ``mcp``: a tool of an external MCP server (``insitu tools add-mcp``, tool_store/mcp_tools.py).
+ToolOrigin = Literal["generated", "repaired", "merged", "imported", "manual", "mcp"]
 ToolStatus = Literal["active", "archived"]
 
 
@@ -390,6 +410,16 @@ def _check_meta(meta: dict[str, Any], expected_name: str | None, problems: list[
             "__TOOL_META__['secrets'] must be a list of environment variable names in upper "
             "case (e.g. ['WEATHER_API_KEY'])."
         )
+    else:
+        reserved = [s for s in secrets if is_reserved_secret_name(s)]
+        if reserved:
+            problems.append(
+                f"__TOOL_META__['secrets'] names {', '.join(reserved)}: not a secret but "
+                "configuration the sandbox sets itself (PATH, HOME, LANG, PYTHON*, LD_*, LC_* "
+                "...); declare only credentials such as 'WEATHER_API_KEY'."
+            )
+        if len(set(secrets)) != len(secrets):
+            problems.append("__TOOL_META__['secrets'] names a variable more than once.")
     if not isinstance(meta.get("network", False), bool):
         problems.append("__TOOL_META__['network'] must be true or false.")
 

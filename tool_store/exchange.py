@@ -11,6 +11,11 @@ Layout of an export::
 
 Exporting, importing into an empty store and exporting again gives a
 byte-identical folder, and the imported records equal the exported ones.
+
+An export is untrusted input: importing with a sandbox runs every version it
+would write through admission (static checks, the secrets allow-list, the
+tool's stored tests in the sandbox) and refuses the whole import at the first
+failure; ``trust=True`` skips that and says so in each imported version's note.
 """
 
 from __future__ import annotations
@@ -18,16 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from insitu.tool_store.contract import ToolRecord, ToolSpec, ToolStats
-from insitu.tool_store.errors import CorruptManifestError, ExportError
+from insitu.tool_store.errors import CorruptManifestError, ExportError, StoreError
 from insitu.tool_store.store import ToolState
 
 if TYPE_CHECKING:
+    from insitu.sandbox import Sandbox
     from insitu.tool_store.store import ToolStore
 
 MANIFEST = "manifest.json"
@@ -55,6 +64,37 @@ _VERSION_FIELDS = (
 )
 
 
+#: What the note of a version imported with ``trust=True`` says.
+TRUSTED_NOTE = "imported with --trust: its tests were not run at import"
+
+
+class ImportVerificationError(StoreError):
+    """A version an import would write failed admission; nothing was imported."""
+
+    def __init__(self, ref: str, stage: str, reason: str) -> None:
+        self.ref = ref
+        self.stage = stage
+        self.reason = reason
+        flat = " ".join(reason.split())
+        super().__init__(
+            f"import refused, nothing imported: {ref} failed verification ({stage}): {flat[:600]}"
+            " — fix or remove that tool in the export, or import with --trust to skip the tests"
+        )
+
+
+class RemoteToolImportError(ExportError):
+    """An export holds MCP tools, which are never imported (they run a command here)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        super().__init__(
+            f"import refused, nothing imported: {', '.join(self.names)} call(s) an external MCP "
+            "server (a command or URL used from this host), which is never taken from a folder, "
+            "--trust or not: register the server with `insitu tools add-mcp NAME -- COMMAND` "
+            "(or --url) instead"
+        )
+
+
 class ImportResult(BaseModel):
     """What :func:`import_library` did, by tool name."""
 
@@ -62,12 +102,21 @@ class ImportResult(BaseModel):
     replaced: list[str] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     unchanged: list[str] = Field(default_factory=list)
+    verified: list[str] = Field(
+        default_factory=list, description="name@version of each version whose tests passed."
+    )
+    trusted: bool = Field(default=False, description="Imported with trust=True: no tests run.")
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{len(self.imported)} imported, {len(self.replaced)} replaced, "
             f"{len(self.skipped)} skipped (conflict), {len(self.unchanged)} already present"
         )
+        if self.trusted:
+            return text + "; --trust: tests NOT run (recorded in each imported version's note)"
+        if self.verified:
+            return text + f"; {len(self.verified)} version(s) passed their tests in the sandbox"
+        return text
 
 
 def _sha256(data: bytes) -> str:
@@ -256,6 +305,9 @@ def import_library(
     *,
     on_conflict: Literal["skip", "replace", "error"] = "skip",
     force: bool = False,
+    sandbox: Sandbox | None = None,
+    trust: bool = False,
+    scratch_dir: Path | None = None,
 ) -> ImportResult:
     """Restore tools from an exported folder (one transaction: all or nothing).
 
@@ -264,20 +316,131 @@ def import_library(
     ``skip`` keeps the library's tool, ``replace`` adds the imported current
     content as a new version (origin ``imported``), ``error`` imports nothing.
 
+    With ``sandbox``, every version the import would write is admitted first
+    (:func:`verify_import`); one failure refuses the whole import. ``trust``
+    skips that and marks each imported version's note (:data:`TRUSTED_NOTE`).
+    With neither, nothing is run: for Python callers that verified the folder
+    otherwise (``insitu tools import`` always passes a sandbox).
+
     Args:
         store: An open, writable store.
         directory: A folder written by :func:`export_library`.
         on_conflict: ``"skip"``, ``"replace"`` or ``"error"``.
         force: With ``replace``, replace locked tools too.
+        sandbox: Runs the stored tests of every version to be written.
+        trust: Import without running any test (recorded in the notes).
+        scratch_dir: Where the tests run (default: a temporary directory).
 
     Returns:
-        What was imported, replaced, skipped or already present.
+        What was imported, replaced, skipped, already present or verified.
 
     Raises:
         CorruptManifestError: The folder is damaged (nothing imported).
+        ImportVerificationError: A version failed admission (nothing imported).
         ImportConflictError: ``on_conflict="error"`` and names clash.
         LockedToolError: ``replace`` would change a locked tool.
+        RemoteToolImportError: The folder holds MCP tools (nothing imported).
     """
     tools = read_export(directory)
-    outcome = store.import_tools(tools, on_conflict=on_conflict, source=str(directory), force=force)
-    return ImportResult(**outcome)
+    # An MCP tool's record names a command that the Executor runs on this host: it is
+    # never taken from a folder, --trust or not; its server is registered here instead.
+    remote = sorted({v.name for _state, versions in tools for v in versions if v.origin == "mcp"})
+    if remote:
+        raise RemoteToolImportError(remote)
+    source = str(directory)
+    verified: list[str] = []
+    if trust:
+        tools = [(state, [_trusted(v) for v in versions]) for state, versions in tools]
+        source = f"{directory} (--trust: tests not run)"
+    elif sandbox is not None:
+        verified = verify_import(
+            store, tools, sandbox, on_conflict=on_conflict, scratch_dir=scratch_dir
+        )
+    outcome = store.import_tools(tools, on_conflict=on_conflict, source=source, force=force)
+    return ImportResult(**outcome, verified=verified, trusted=trust)
+
+
+def _trusted(record: ToolRecord) -> ToolRecord:
+    note = f"{record.note}; {TRUSTED_NOTE}" if record.note else TRUSTED_NOTE
+    return record.model_copy(update={"note": note})
+
+
+def _versions_to_write(
+    store: ToolStore,
+    tools: list[tuple[ToolState, list[ToolRecord]]],
+    on_conflict: Literal["skip", "replace", "error"],
+) -> list[ToolRecord]:
+    """Every version an import would write: all of a new tool's, a replaced one's head."""
+    new: list[ToolRecord] = []
+    heads: list[ToolRecord] = []
+    for state, versions in tools:
+        if not store.has(state.name):
+            new.extend(versions)
+        elif store.get(state.name).hash != versions[-1].hash:
+            heads.append(versions[-1])
+    if on_conflict == "error" and heads:
+        return []  # the store refuses the whole import: nothing will be written
+    return new + (heads if on_conflict == "replace" else [])
+
+
+def verify_import(
+    store: ToolStore,
+    tools: list[tuple[ToolState, list[ToolRecord]]],
+    sandbox: Sandbox,
+    *,
+    on_conflict: Literal["skip", "replace", "error"] = "skip",
+    scratch_dir: Path | None = None,
+) -> list[str]:
+    """Admit every version an import would write, as if it were new.
+
+    Each goes through :func:`~insitu.tool_store.admission.admit_tool`: static
+    checks, the sandbox's allow-list of secrets, its dependencies, its schemas
+    and its stored tests in the sandbox (secrets as placeholders). The secrets,
+    network flag and dependencies its manifest records must be what its module
+    declares, as calls are granted what the record says.
+
+    Args:
+        store: The store the tools would go to (read only).
+        tools: As from :func:`read_export`.
+        sandbox: Runs the tests.
+        on_conflict: As for :func:`import_library` (what would be written).
+        scratch_dir: Where the tests run (default: a temporary directory).
+
+    Returns:
+        The ``name@version`` of every version verified.
+
+    Raises:
+        ImportVerificationError: At the first version that fails.
+    """
+    from insitu.tool_store.admission import AdmissionError, admit_tool
+
+    pending = _versions_to_write(store, tools, on_conflict)
+    where = (
+        nullcontext(str(scratch_dir))
+        if scratch_dir is not None
+        else tempfile.TemporaryDirectory(prefix="insitu-import-")
+    )
+    with where as scratch:
+        for record in pending:
+            try:
+                spec = admit_tool(
+                    record.source,
+                    record.tests,
+                    sandbox=sandbox,
+                    scratch_dir=Path(scratch),
+                    expected_name=record.name,
+                )
+            except AdmissionError as exc:
+                raise ImportVerificationError(record.ref, exc.stage, str(exc)) from None
+            differ = [
+                field
+                for field in ("secrets", "network", "dependencies")
+                if getattr(spec, field) != getattr(record, field)
+            ]
+            if differ:
+                raise ImportVerificationError(
+                    record.ref,
+                    "manifest",
+                    f"the manifest's {', '.join(differ)} differ from what its module declares",
+                )
+    return [record.ref for record in pending]

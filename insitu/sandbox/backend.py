@@ -21,13 +21,16 @@ processes through lock files) and the host-side sweep of a uid's processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import grp
 import logging
 import os
 import pwd
 import queue
 import shutil
 import site
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -38,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger("insitu.sandbox")
 
@@ -175,8 +178,9 @@ def minimal_dirs(paths: Iterable[str]) -> list[str]:
 def check_workdir(workdir: Path, protected: Sequence[str]) -> str | None:
     """Return why ``workdir`` must not be a sandbox's writable dir, or None if fine.
 
-    Binding it read-write (and handing its group to the sandbox) must not expose
-    the system, the interpreter, the tool environment or a whole home directory.
+    Binding it read-write (and handing it to the sandbox's group or, degraded,
+    to one sandbox uid) must not expose the system, the interpreter, the tool
+    environment or a whole home directory.
 
     Args:
         workdir: The resolved candidate.
@@ -200,23 +204,261 @@ def check_workdir(workdir: Path, protected: Sequence[str]) -> str | None:
     return None
 
 
+#: How the host opens a directory it works in: never through a link at its last component.
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: How the host creates a file in a sandbox directory: a new file, never through a link.
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Mode of a workdir claimed by one sandbox uid (degraded backend): its own, nobody else's.
+CLAIMED_MODE = 0o700
+#: The file listing the workdirs a sandbox uid was given, in the uid lock directory.
+_CLAIMS_SUFFIX = ".workdirs"
+
+
+def open_directory(path: Path, *, create: bool = False, mode: int = 0o755) -> int:
+    """Open a directory the host writes in, refusing a symlink planted in its place.
+
+    The parent is the host's own (a store or scratch directory) and is
+    resolved; the last component, which a sandboxed tool may have replaced, is
+    opened with ``O_NOFOLLOW`` relative to the parent's descriptor (and, with
+    ``create``, made there with ``mkdir``), so root never follows a tool's link.
+
+    Args:
+        path: The directory.
+        create: Create it (and missing parents) first.
+        mode: Mode of a directory this creates.
+
+    Returns:
+        An open descriptor of the directory; the caller closes it.
+
+    Raises:
+        OSError: It is missing, or is a symlink or anything but a directory.
+    """
+    path = Path(path)
+    parent = Path(os.path.realpath(path.parent))
+    if create:
+        parent.mkdir(parents=True, exist_ok=True)
+    parent_fd = os.open(parent, _DIRECTORY_FLAGS)
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path.name, mode, dir_fd=parent_fd)
+        try:
+            return os.open(path.name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(
+                    exc.errno,
+                    f"{path} is not a plain directory (a link?); the host never follows it",
+                ) from None
+            raise
+    finally:
+        os.close(parent_fd)
+
+
+def write_new_file(
+    directory_fd: int, name: str, data: bytes | BinaryIO, *, replace: bool = False
+) -> None:
+    """Create file ``name`` in an open directory and write ``data``, never through a link.
+
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``: a name that exists (a symlink a tool planted
+    included) makes this fail instead of writing wherever the link points.
+
+    Args:
+        directory_fd: The open directory (see :func:`open_directory`).
+        name: A plain file name (no ``/``).
+        data: The content, or a binary file to copy it from.
+        replace: Remove an entry of that name first (the entry itself, never
+            what a link points to).
+
+    Raises:
+        ValueError: ``name`` is not a plain file name.
+        OSError: Something is in the way (``FileExistsError`` for a link planted
+            between the removal and the creation).
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a plain file name")
+    if replace:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=directory_fd)
+            else:
+                os.unlink(name, dir_fd=directory_fd)
+        except FileNotFoundError:
+            pass
+    fd = os.open(name, _NEW_FILE_FLAGS, 0o644, dir_fd=directory_fd)
+    with os.fdopen(fd, "wb") as handle:
+        if isinstance(data, bytes):
+            handle.write(data)
+        else:
+            shutil.copyfileobj(data, handle)
+
+
+def empty_directory(directory_fd: int) -> None:
+    """Remove everything in an open directory, following no link (the directory stays).
+
+    Raises:
+        OSError: An entry could not be removed.
+    """
+    with os.scandir(directory_fd) as entries:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_dir in names:
+        try:
+            if is_dir:
+                # fd-based: a directory swapped for a link meanwhile is refused, not followed.
+                shutil.rmtree(name, dir_fd=directory_fd)
+            else:
+                os.unlink(name, dir_fd=directory_fd)
+        except FileNotFoundError:
+            continue
+
+
 def prepare_workdir(workdir: Path, gid: int) -> None:
-    """Make ``workdir`` writable by every sandbox uid (through their shared group).
+    """Make ``workdir`` writable by the sandbox group (bwrap backend, as root).
 
     The set-gid bit makes files created inside inherit the group, and the
     runner's umask 002 keeps them group-writable, so parallel workers (each with
-    its own uid) can share one workdir.
+    its own uid) can share one workdir. Sharing a group is safe only because a
+    bwrap sandbox sees no workdir but its own; the degraded backend, where every
+    workdir is visible, hands each one to a single uid instead
+    (:func:`claim_workdir`). The directory is changed through a descriptor
+    opened without following links.
 
     Args:
         workdir: The directory (exists).
         gid: The sandbox group.
+
+    Raises:
+        OSError: ``workdir`` is a symlink or not a directory.
     """
-    st = os.stat(workdir)
-    wanted = st.st_mode | 0o2070
-    if st.st_gid != gid:
-        os.chown(workdir, -1, gid)
-    if (st.st_mode & 0o7777) != (wanted & 0o7777) or st.st_gid != gid:
-        os.chmod(workdir, wanted & 0o7777)
+    fd = open_directory(workdir)
+    try:
+        st = os.fstat(fd)
+        wanted = (st.st_mode | 0o2070) & 0o7777
+        if st.st_gid != gid:
+            os.fchown(fd, -1, gid)
+        if (st.st_mode & 0o7777) != wanted or st.st_gid != gid:
+            os.fchmod(fd, wanted)
+    finally:
+        os.close(fd)
+
+
+def private_gid(uid: int) -> int:
+    """The group a degraded sandbox uid runs with: its own, shared with no other uid.
+
+    Args:
+        uid: A dedicated sandbox uid.
+
+    Returns:
+        The gid of the same number.
+
+    Raises:
+        RuntimeError: That gid is a real group of this host (never hand one out).
+    """
+    try:
+        group = grp.getgrgid(uid)
+    except KeyError:
+        return uid
+    raise RuntimeError(
+        f"gid {uid} is the host group {group.gr_name!r}; choose a sandbox uid range whose "
+        "numbers are no host group"
+    )
+
+
+def _trusted_registry(registry: Path) -> Path:
+    """Return ``registry`` if only root can change it, else raise (never trust a tool's dir)."""
+    st = os.lstat(registry)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(
+            errno.EPERM,
+            f"{registry} is not a directory only this user can write; refusing to trust it",
+        )
+    return registry
+
+
+def _read_claims(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+def _write_claims(path: Path, workdirs: Sequence[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, _NEW_FILE_FLAGS, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{w}\n" for w in workdirs))
+    os.replace(tmp, path)
+
+
+def _revoke(workdir: str, uid: int) -> None:
+    """Take ``workdir`` back from ``uid``: root's alone (0700), so nothing in it is reachable."""
+    try:
+        fd = open_directory(Path(workdir))
+    except OSError:
+        return  # gone, or replaced by something that is not this claim any more
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == uid:  # a listed path that is no longer this uid's is left alone
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def claim_workdir(
+    workdir: Path, uid: int, gid: int, registry: Path, uid_range: tuple[int, int]
+) -> None:
+    """Hand ``workdir`` to one sandbox uid alone (degraded backend, as root).
+
+    Without filesystem isolation every workdir is visible to every tool, so no
+    workdir may be writable through a group several sandbox uids share. Before
+    a call, its workdir is made ``uid:gid`` mode 0700 and whatever an earlier
+    sandbox uid left in it is handed over too (changed entry by entry through
+    directory descriptors, following no link; root's and others' files are left
+    as they are). The workdir this uid was given before is taken back (root's,
+    0700): a uid that serves another workdir later cannot reach it. What each uid
+    was given is listed in ``registry`` (root's, beside the uid locks), written
+    before anything changes, so a host that dies midway leaves nothing given out
+    unlisted.
+
+    Args:
+        workdir: The call's directory (exists, resolved).
+        uid: The sandbox uid that serves the call.
+        gid: Its private group (:func:`private_gid`).
+        registry: Root-only directory of the lists (the uid lock directory).
+        uid_range: Every sandbox uid: entries owned by one of them are handed over.
+
+    Raises:
+        OSError: ``workdir`` is a symlink or not a directory, or the registry is
+            not root's alone.
+    """
+    claims = _trusted_registry(registry) / f"{uid}{_CLAIMS_SUFFIX}"
+    fd = open_directory(workdir)
+    try:
+        st = os.fstat(fd)
+        earlier = _read_claims(claims)
+        target = str(workdir)
+        if earlier == [target] and st.st_uid == uid and (st.st_mode & 0o7777) == CLAIMED_MODE:
+            return  # this uid's already (the fast path of every call but the first)
+        _write_claims(claims, sorted({*earlier, target}))
+        for other in earlier:
+            if other != target:
+                _revoke(other, uid)
+        low, high = uid_range
+        if st.st_uid != uid:
+            for _dir, subdirs, files, dir_fd in os.fwalk(dir_fd=fd, follow_symlinks=False):
+                for name in subdirs + files:
+                    with contextlib.suppress(FileNotFoundError):
+                        owner = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid
+                        if low <= owner <= high and owner != uid:
+                            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, CLAIMED_MODE)
+        _write_claims(claims, [target])
+    finally:
+        os.close(fd)
 
 
 def needs_read_search(paths: Iterable[str]) -> bool:
@@ -250,6 +492,9 @@ def bwrap_command(
     tmp_size_mb: int,
     as_root: bool,
     data_files: Sequence[tuple[int, str]] = (),
+    host_network: bool = False,
+    seccomp_fd: int | None = None,
+    info_fd: int | None = None,
 ) -> list[str]:
     """Build the bubblewrap command line of one sandbox process.
 
@@ -260,18 +505,26 @@ def bwrap_command(
         workdir: The only writable host directory (bound at the same path).
         ro_paths: Host directories made visible read-only (resolved, minimal).
         env: The complete environment inside.
-        network: Share the host's network namespace.
+        network: The tool declared network access: name-resolution and TLS
+            files are visible. Its network namespace is still its own (connected
+            by :mod:`insitu.sandbox.netns`) unless ``host_network``.
         tmp_size_mb: Size of the private /tmp.
         as_root: We are root: no user namespace; keep only CAP_SETUID/SETGID so
             the runner can drop to its unprivileged uid.
         data_files: ``(fd, path)`` pairs: read-only files inside whose content
-            bwrap reads from ``fd`` (the fds must be passed to the process).
+            bwrap reads from ``fd`` (the fds must be passed to the process); they
+            replace the host's file of the same path.
+        host_network: Share the host's network namespace (only with ``network``;
+            the tool then reaches the host's loopback services and private networks).
+        seccomp_fd: Fd from which bwrap reads the compiled seccomp filter it
+            applies to the sandboxed command (see :mod:`insitu.sandbox.seccomp`).
+        info_fd: Fd on which bwrap reports the sandbox's pid (JSON).
 
     Returns:
         The argv list.
     """
     args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    if not network:
+    if not (network and host_network):
         args.append("--unshare-net")
     if as_root:
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
@@ -286,8 +539,9 @@ def bwrap_command(
             args += ["--ro-bind", name, name]
     # Created explicitly: implicit parents are 0700 root, unreadable to the sandbox uid.
     args += ["--perms", "0755", "--dir", "/etc"]
+    replaced = {path for _, path in data_files}
     for item in _ETC_FILES + (_NETWORK_ETC if network else ()):
-        if os.path.exists(item):
+        if os.path.exists(item) and item not in replaced:
             args += ["--ro-bind", _real(item), item]
     for fd, path in data_files:
         args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
@@ -315,6 +569,12 @@ def bwrap_command(
     args += ["--bind", workdir, workdir, "--chdir", workdir]
     for key, value in env.items():
         args += ["--setenv", key, value]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
+    if seccomp_fd is not None:
+        # bwrap sets PR_SET_NO_NEW_PRIVS itself and loads the filter last, right
+        # before running the command, so its own set-up is not filtered.
+        args += ["--seccomp", str(seccomp_fd)]
     args += [python, *argv_tail]
     return args
 
@@ -568,8 +828,9 @@ class BackendInfo:
 def degraded_statement(root: bool, read_search: bool) -> str:
     """Describe precisely what the degraded backend does and does not isolate."""
     uid_text = (
-        "runs each tool under a dedicated unprivileged uid (so it cannot write root-owned "
-        "files, signal the host or exceed its process limit)"
+        "runs each tool under a dedicated unprivileged uid with a private group (so it cannot "
+        "write root-owned files, signal the host or exceed its process limit), and hands each "
+        "call's workdir to that uid alone (mode 0700: other tools cannot reach it)"
         if root
         else "runs each tool as the host's own user (no uid separation: process limits are "
         "not enforced and the tool can signal the host's processes)"
@@ -590,12 +851,92 @@ def degraded_statement(root: bool, read_search: bool) -> str:
     )
 
 
+#: How strongly each backend isolates a tool, as recorded in outcomes, run.json and reports.
+ISOLATION_LEVELS = {"bwrap": "strong", "degraded": "weak"}
+
+
+def isolation_level(backend: str, *, usable: bool = True) -> str:
+    """Name how strongly ``backend`` isolates a tool, in one word.
+
+    Args:
+        backend: ``bwrap`` or ``degraded``.
+        usable: False when the backend cannot run here (nothing runs at all).
+
+    Returns:
+        ``strong`` (bubblewrap: own filesystem view, network and pid namespaces),
+        ``weak`` (degraded: rlimits, a separate uid and a scrubbed environment,
+        no filesystem or network isolation) or ``none`` (nothing can run).
+    """
+    if not usable:
+        return "none"
+    return ISOLATION_LEVELS.get(backend, "none")
+
+
+def degraded_refusal(info: BackendInfo) -> str:
+    """The one-line refusal of ``sandbox_backend=auto`` where bubblewrap does not work.
+
+    Args:
+        info: What the probe found.
+    """
+    why = info.bwrap_error or "bubblewrap does not work here"
+    return (
+        f"no working bubblewrap sandbox ({why}); insitu runs generated tools with weaker "
+        "isolation only when told to: install bubblewrap (apt-get install bubblewrap), or set "
+        "allow_degraded_sandbox=true (env INSITU_ALLOW_DEGRADED_SANDBOX=1) to accept the "
+        "degraded sandbox (rlimits and a separate uid, no filesystem or network isolation)"
+    )
+
+
+@dataclass(frozen=True)
+class SandboxChoice:
+    """Which backend the settings select on this machine, and whether tools may run."""
+
+    backend: str
+    """``bwrap`` or ``degraded``."""
+    isolation: str
+    """``strong``, ``weak``, or ``none`` when tools will not run (see :attr:`problem`)."""
+    problem: str = ""
+    """Why no tool will run ('' when they will)."""
+
+
+def choose_backend(wanted: str, allow_degraded: bool, info: BackendInfo) -> SandboxChoice:
+    """Apply the degraded-sandbox policy to what the probe found.
+
+    ``auto`` means bubblewrap; where it does not work, tools run in the degraded
+    sandbox only with ``allow_degraded``. ``degraded`` named explicitly is the
+    operator's choice and needs nothing more; ``bwrap`` named explicitly never
+    falls back.
+
+    Args:
+        wanted: The ``sandbox_backend`` setting: ``auto``, ``bwrap`` or ``degraded``.
+        allow_degraded: The ``allow_degraded_sandbox`` setting.
+        info: What the probe found.
+    """
+    if wanted == "degraded":
+        return SandboxChoice("degraded", isolation_level("degraded"))
+    if info.bwrap_works:
+        return SandboxChoice("bwrap", isolation_level("bwrap"))
+    if wanted == "bwrap":
+        return SandboxChoice(
+            "bwrap",
+            "none",
+            f"sandbox_backend=bwrap, but bubblewrap cannot run here: {info.bwrap_error}",
+        )
+    if allow_degraded:
+        return SandboxChoice("degraded", isolation_level("degraded"))
+    return SandboxChoice("degraded", "none", degraded_refusal(info))
+
+
 BWRAP_STATEMENT = (
     "bubblewrap sandbox: fresh pid/ipc/uts/cgroup namespaces; no network unless the tool "
-    "declares it; read-only system, Python prefix and tool environment; the call's workdir is "
-    "the only writable host directory, plus a private size-limited /tmp; home directories, the "
-    "tool store and the project are invisible; scrubbed environment with only declared "
-    "secrets; CPU, memory, file-size, open-file and process rlimits and a wall-clock timeout"
+    "declares it, and then by default only public addresses through its own network namespace "
+    "(never the host's loopback, its own addresses or private and link-local ranges); a seccomp "
+    "filter (on by default) refuses namespaces, mounts, io_uring, ptrace, eBPF, perf, the "
+    "keyring and other kernel interfaces; read-only system, Python prefix and tool "
+    "environment; the call's workdir is the only writable host directory, plus a private "
+    "size-limited /tmp; home directories, the tool store and the project are invisible; "
+    "scrubbed environment with only declared secrets; CPU, memory, file-size, open-file and "
+    "process rlimits and a wall-clock timeout"
 )
 
 

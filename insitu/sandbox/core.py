@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -284,6 +285,8 @@ class Sandbox:
         self._landlock = bool(self.settings.workspace_root) and runner.landlock_abi() >= 1
         self._scratch: str | None = None
         self._scratch_lock = threading.Lock()
+        self._describe_busy: set[int] = set()  # numbers of the describe directories lent out
+        self._describe_lock = threading.Lock()
         self._python_lock = threading.Lock()
         self._python: str | None = None
         self._ro_cache: dict[str, list[str]] = {}
@@ -299,6 +302,11 @@ class Sandbox:
         if self._unusable:
             return self._unusable
         return self.info.statement(self.backend)
+
+    @property
+    def isolation_level(self) -> str:
+        """How strongly calls here are isolated: ``strong``, ``weak`` or ``none`` (see backend)."""
+        return backends.isolation_level(self.backend, usable=not self._unusable)
 
     def describe(self, source: str, *, timeout_s: float | None = None) -> Outcome:
         """Import a tool module in the sandbox and describe it.
@@ -340,20 +348,60 @@ class Sandbox:
 
     def _describe(self, source: str, timeout_s: float | None) -> Outcome:
         try:
-            shared = self._shared_root()
-            # Under a shared root the warm workers that serve every call serve this too.
-            workdir = shared / ".describe" if shared is not None else self._scratch_dir()
+            workdir = self._lend_describe_dir()
         except OSError as exc:
-            return Outcome.failure(ErrorKind.SANDBOX, f"cannot create a scratch directory: {exc}")
-        response = self._run(
-            {"op": "describe", "source": source},
-            workdir=workdir,
-            network=False,
-            secrets=None,
-            timeout_s=timeout_s,
-            warm=True,
-        )
+            failed = Outcome.failure(ErrorKind.SANDBOX, f"cannot create a scratch directory: {exc}")
+            failed.backend, failed.isolation = self.backend, self.isolation_level
+            return failed
+        try:
+            response = self._run(
+                {"op": "describe", "source": source},
+                workdir=workdir,
+                network=False,
+                secrets=None,
+                timeout_s=timeout_s,
+                warm=True,
+            )
+        finally:
+            self._return_describe_dir(workdir)
         return response[0]
+
+    def _lend_describe_dir(self) -> Path:
+        """Lend an empty directory to one describe; give it back with :meth:`_return_describe_dir`.
+
+        Importing a module runs it, and it may write files: its directory is
+        emptied before and after, so nothing reaches the next module described
+        (another episode's, under a shared root). Describes running at once get
+        different numbered directories, each reused (its inode kept, so is the
+        warm worker bound to it).
+
+        Raises:
+            OSError: The directory cannot be created or emptied.
+        """
+        shared = self._shared_root()
+        # Under a shared root the warm workers that serve every call serve this too.
+        base = shared / ".describe" if shared is not None else self._scratch_dir()
+        with self._describe_lock:
+            index = next(i for i in itertools.count() if i not in self._describe_busy)
+            self._describe_busy.add(index)
+        path = base / str(index)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            runner.empty_directory(path)
+        except OSError:
+            with self._describe_lock:
+                self._describe_busy.discard(index)
+            raise
+        return path
+
+    def _return_describe_dir(self, path: Path) -> None:
+        """Empty a lent describe directory; one that cannot be emptied is never lent again."""
+        try:
+            runner.empty_directory(path)
+        except OSError:
+            return  # its number stays taken: the next describe gets a fresh directory
+        with self._describe_lock:
+            self._describe_busy.discard(int(path.name))
 
     def call(
         self,
@@ -446,12 +494,14 @@ class Sandbox:
             problem = _malformed(raw)
             if problem:
                 message = f"test {name!r}: malformed test case: {problem}"
+                malformed = Outcome.failure(ErrorKind.SANDBOX, message)
+                malformed.backend, malformed.isolation = self.backend, self.isolation_level
                 results.append(
                     TestCaseResult(
                         name=name,
                         passed=False,
                         message=message,
-                        outcome=Outcome.failure(ErrorKind.SANDBOX, message),
+                        outcome=malformed,
                     )
                 )
                 continue
@@ -546,6 +596,7 @@ class Sandbox:
 
         def fail(kind: ErrorKind, message: str) -> tuple[Outcome, tuple[bool, str]]:
             outcome = Outcome.failure(kind, message, (time.monotonic() - started) * 1000.0)
+            outcome.backend, outcome.isolation = self.backend, self.isolation_level
             verdict = runner.verdict(case, outcome.model_dump(mode="json")) if case else (False, "")
             return outcome, verdict
 
@@ -598,6 +649,7 @@ class Sandbox:
         try:
             data = dict(response.get("outcome") or {})
             data["duration_ms"] = (time.monotonic() - started) * 1000.0
+            data.update(backend=self.backend, isolation=self.isolation_level)
             outcome = Outcome.model_validate(data)
         except Exception as exc:
             return fail(ErrorKind.SANDBOX, f"the sandbox returned an unreadable outcome: {exc}")
@@ -613,13 +665,21 @@ class Sandbox:
             directory cannot be used; ``call_dir`` is set when the worker is
             shared by the workspace root and the call must confine itself to it.
         """
+        if network and self.backend == "bwrap" and not self.settings.shared_host_network:
+            from insitu.sandbox import netns
+
+            # Fail before starting anything, and never fall back to the host's network.
+            _, missing = netns.find_helper()
+            if missing:
+                return (), missing, None
         python = self.python()
         workdir = Path(os.path.realpath(os.fspath(workdir)))
         problem = backends.check_workdir(workdir, self._ro_paths(python))
         if problem:
             return (), problem, None
         workdir.mkdir(parents=True, exist_ok=True)
-        if self._root:
+        # Degraded: no shared group; each call's uid gets the workdir alone (_hand_workdir_to).
+        if self._root and self.backend == "bwrap":
             backends.prepare_workdir(workdir, self.settings.sandbox_gid)
         bound, call_dir = workdir, None
         root = self._shared_root()
@@ -661,6 +721,7 @@ class Sandbox:
         if not warm:
             worker = self._start_worker(key, oneshot=True)
             try:
+                self._hand_workdir_to(worker)
                 return worker.request(request, host_timeout)
             finally:
                 # The answer is in; tearing the sandbox down need not delay it.
@@ -676,6 +737,7 @@ class Sandbox:
                 continue
             healthy = False
             try:
+                self._hand_workdir_to(worker)
                 response = worker.request(request, host_timeout)
                 healthy = True
                 return response
@@ -683,28 +745,84 @@ class Sandbox:
                 self._pool.release(worker, healthy=healthy)
         raise WorkerError("sandbox", "could not get a live sandbox worker")
 
+    def _hand_workdir_to(self, worker: SandboxProcess) -> None:
+        """Degraded backend as root: make the call's workdir its uid's alone (claim_workdir).
+
+        Raises:
+            WorkerError: The workdir could not be handed over (a link, a foreign registry).
+        """
+        if self.backend != "degraded" or worker.lease is None or self._uids is None:
+            return
+        uid = worker.lease.uid
+        try:
+            backends.claim_workdir(
+                Path(worker.key[0]),
+                uid,
+                backends.private_gid(uid),
+                self._uids.lock_dir,
+                self.settings.uid_range,
+            )
+        except (OSError, RuntimeError) as exc:
+            raise WorkerError(
+                "sandbox", f"cannot hand the workdir to its sandbox uid: {exc}"
+            ) from None
+
     def _start_worker(self, key: tuple[Any, ...], oneshot: bool = False) -> SandboxProcess:
+        from insitu.sandbox import netns, seccomp
+
         workdir, _dev, _ino, network, python = key
         lease = self._uids.acquire() if self._uids is not None else None
         pass_fds: list[int] = []
         data_files: list[tuple[int, str]] = []
+        attachment: netns.NetworkAttachment | None = None
         try:
             env = backends.base_env(python, workdir)
             ro_paths = self._ro_paths(python)
             config: dict[str, Any] = {"env": env, "oneshot": oneshot, "pdeathsig": True}
+            if self.backend == "bwrap":
+                # Its own pid namespace and scratch: the runner kills every process
+                # it sees and empties the scratch after each call.
+                config.update(pid_namespace=True, private_scratch=list(PRIVATE_SCRATCH))
+            denied = set(self.settings.deny_packages)
+            denied |= self.toolenv.deny if self.toolenv is not None else set()
+            if denied:  # refused at import time too (the static check is only a first line)
+                config["denied_packages"] = sorted(denied)
             if lease is not None:
-                config.update(uid=lease.uid, gid=lease.gid)
+                # Degraded: a private group, so no directory that a group grants reaches it.
+                degraded = self.backend == "degraded"
+                gid = backends.private_gid(lease.uid) if degraded else lease.gid
+                config.update(uid=lease.uid, gid=gid)
             if self.backend == "degraded" and lease is not None:
-                config["keep_read_search"] = backends.needs_read_search([*ro_paths, workdir])
+                # The workdir becomes the uid's own before each call; its parents must be reachable.
+                reached = [*ro_paths, os.path.dirname(workdir)]
+                config["keep_read_search"] = backends.needs_read_search(reached)
             tail = ["-I", "-B", "-c", backends.runner_source(), "serve", json.dumps(config)]
             if self.backend == "bwrap":
                 uid, gid = (lease.uid, lease.gid) if lease else (os.getuid(), os.getgid())
-                for path, text in backends.account_files(uid, gid, workdir).items():
+                files = backends.account_files(uid, gid, workdir)
+                if network and not self.settings.shared_host_network:
+                    try:
+                        attachment = netns.prepare(
+                            self.settings.network_allow,
+                            as_root=self._root,
+                            timeout_s=self.settings.startup_timeout_s,
+                        )
+                    except netns.NetworkSetupError as exc:
+                        raise WorkerError("sandbox", str(exc)) from None
+                    pass_fds.extend(attachment.sandbox_fds)
+                    files.update(attachment.network.files)
+                for path, text in files.items():
                     read_end, write_end = os.pipe()
                     os.write(write_end, text.encode())  # tiny: fits in the pipe buffer
                     os.close(write_end)
                     pass_fds.append(read_end)
                     data_files.append((read_end, path))
+                seccomp_fd = None
+                if self.settings.seccomp and seccomp.supported():
+                    seccomp_fd = seccomp.filter_pipe()
+                    pass_fds.append(seccomp_fd)
+                elif self.settings.seccomp:
+                    seccomp.warn_unsupported_once()
                 argv = backends.bwrap_command(
                     bwrap=self.info.bwrap_path or "bwrap",
                     python=python,
@@ -716,6 +834,9 @@ class Sandbox:
                     tmp_size_mb=self.settings.tmp_size_mb,
                     as_root=self._root,
                     data_files=data_files,
+                    host_network=self.settings.shared_host_network,
+                    seccomp_fd=seccomp_fd,
+                    info_fd=attachment.info_fd if attachment is not None else None,
                 )
                 popen_env: dict[str, str] | None = {}
             else:
@@ -723,7 +844,10 @@ class Sandbox:
                 popen_env = env
             # Text re-encoding can grow captured bytes (replacement characters, JSON escapes).
             max_frame = 16 * self.settings.output_bytes + 2 * self.settings.result_bytes + (4 << 20)
-            return SandboxProcess(
+            if attachment is not None:
+                # Waits for bwrap's report; the sandbox's Python warms up meanwhile.
+                attachment.start()
+            worker = SandboxProcess(
                 argv,
                 pass_fds=pass_fds,
                 env=popen_env,
@@ -734,7 +858,17 @@ class Sandbox:
                 startup_timeout_s=self.settings.startup_timeout_s,
                 max_frame_bytes=max_frame,
             )
+            if attachment is not None:
+                try:
+                    attachment.finish()
+                except netns.NetworkSetupError as exc:
+                    # No request has reached it yet: the tool never ran without its walls.
+                    worker.close(graceful=False)
+                    raise WorkerError("sandbox", str(exc)) from None
+            return worker
         except BaseException:
+            if attachment is not None:
+                attachment.abandon()
             if lease is not None and lease.fd >= 0:
                 lease.release()
             raise

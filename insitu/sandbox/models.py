@@ -47,6 +47,14 @@ class Outcome(BaseModel):
         description="On success: the JSON-able output dict (for describe: the description).",
     )
     duration_ms: float = Field(default=0.0, description="Wall-clock time of the operation.")
+    backend: str = Field(
+        default="", description="The sandbox backend it ran in: 'bwrap' or 'degraded'."
+    )
+    isolation: str = Field(
+        default="",
+        description="How strongly it was isolated: 'strong' (bwrap), 'weak' (degraded) or "
+        "'none' (the backend cannot run here).",
+    )
 
     @classmethod
     def failure(cls, kind: ErrorKind, message: str, duration_ms: float = 0.0) -> Outcome:
@@ -221,6 +229,31 @@ class SandboxSettings:
         default=True,
         metadata={
             "description": "Install wheels only, so no package build code ever runs on the host."
+        },
+    )
+    seccomp: bool = field(
+        default=True,
+        metadata={
+            "description": "Apply the system-call filter of insitu.sandbox.seccomp to every "
+            "bwrap sandbox (no namespaces, mounts, io_uring, ptrace, eBPF, keyring...). Turn it "
+            "off only to measure its cost or on a kernel without seccomp."
+        },
+    )
+    shared_host_network: bool = field(
+        default=False,
+        metadata={
+            "description": "Give tools that declare network access the host's own network "
+            "namespace (the behaviour before network isolation: they then reach the host's "
+            "loopback services and private networks). By default they get their own namespace "
+            "connected by slirp4netns, with public destinations only."
+        },
+    )
+    network_allow: list[str] | None = field(
+        default=None,
+        metadata={
+            "description": "If set, the only hosts (names or IPv4 addresses, resolved on the "
+            "host when a worker starts) that network-declaring tools may reach; they get no DNS "
+            "then, the names are in their /etc/hosts. Private and host addresses stay refused."
         },
     )
 

@@ -14,10 +14,18 @@ Process layout inside one sandbox::
 The worker reads length-prefixed JSON requests on its stdin and answers on its
 stdout. For every request it forks a child that applies the limits and runs the
 tool; the worker enforces the wall-clock limit, captures (and caps) the child's
-stdout and stderr, and afterwards kills every process left under the sandbox uid,
-so nothing a tool starts outlives its call. The supervisor exists so that a tool
-killing its parent (the worker) still leaves someone behind to kill the tool's
-processes and reap them, even when the machine's init does not reap orphans.
+stdout and stderr, and afterwards kills every process left under the sandbox uid
+(or, as a normal user, in the sandbox's pid namespace), so nothing a tool starts
+outlives its call. The supervisor exists so that a tool killing its parent (the
+worker) still leaves someone behind to kill the tool's processes and reap them,
+even when the machine's init does not reap orphans.
+
+One warm worker serves many calls, under a shared workspace root calls of
+different episodes, so nothing of one call may reach the next: the private
+``/tmp`` and ``/dev/shm`` are emptied after every call, once every process of
+the call is gone; a call under a shared root can read and write only its own
+workdir there (Landlock); and packages on the deny list are refused at import
+time and, with Landlock, cannot even be read.
 """
 
 from __future__ import annotations
@@ -34,15 +42,18 @@ import json
 import linecache
 import math
 import os
+import re
 import resource
 import select
 import signal
+import stat
 import struct
 import sys
 import time
 import traceback
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # ---------------------------------------------------------------------------
@@ -77,6 +88,8 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_RAISE = 2
 _CAP_DAC_READ_SEARCH = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+#: Task flag (``/proc/PID/stat`` field 9): the task is exiting and runs no more system calls.
+_PF_EXITING = 0x4
 
 _MAX_TOOL_FRAMES = 8
 #: What native code prints when an allocation fails just before it aborts.
@@ -350,6 +363,14 @@ class ToolError(Exception):
         self.traceback_text = traceback_text
 
 
+class DeniedImportError(ImportError):
+    """A tool imported a package on the deny list (raised by :class:`DeniedImportFinder`).
+
+    An ``ImportError`` but not a ``ModuleNotFoundError``: the module may well be
+    installed, and libraries that fall back on ``except ImportError`` still do.
+    """
+
+
 def literal_meta(source: str) -> dict[str, Any]:
     """Read ``__TOOL_META__`` without running the module, if it is a literal.
 
@@ -446,6 +467,8 @@ def classify_exception(exc: BaseException, limits: dict[str, Any]) -> ToolError:
             "(address space)",
             tb,
         )
+    if isinstance(exc, DeniedImportError):
+        return ToolError(DEPENDENCY, str(exc), tb)
     if isinstance(exc, ModuleNotFoundError):
         module = exc.name or str(exc)
         return ToolError(
@@ -769,88 +792,6 @@ def drop_privileges(uid: int, gid: int, keep_read_search: bool = False) -> None:
         raise OSError("uid drop did not take effect")
 
 
-# Landlock (Linux >= 5.13): confines a process's writes to chosen directories
-# without privileges. Syscall numbers are the same on every architecture.
-_SYS_LANDLOCK_CREATE_RULESET = 444
-_SYS_LANDLOCK_ADD_RULE = 445
-_SYS_LANDLOCK_RESTRICT_SELF = 446
-_LANDLOCK_CREATE_RULESET_VERSION = 1
-_LANDLOCK_RULE_PATH_BENEATH = 1
-#: Every filesystem access that writes: files, directories, special files, links.
-_LANDLOCK_WRITES_V1 = sum(1 << bit for bit in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
-_LANDLOCK_REFER = 1 << 13  # ABI 2: moving or linking files between directories
-_LANDLOCK_TRUNCATE = 1 << 14  # ABI 3
-_LANDLOCK_WRITE_FILE = 1 << 1
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (("handled_access_fs", ctypes.c_uint64),)
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
-
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version, or 0 when Landlock is unavailable."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    version = _libc.syscall(
-        _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION
-    )
-    return max(0, int(version))
-
-
-def confine_writes(writable: list[str], device_dir: str = "/dev") -> None:
-    """Allow writes only beneath ``writable`` (and to existing files in /dev), for good.
-
-    Raises:
-        OSError: Landlock is unavailable or refused the rules (the caller must
-            then not run the tool).
-    """
-    abi = landlock_abi()
-    if abi < 1:
-        raise OSError("Landlock is not available in this kernel")
-    handled = _LANDLOCK_WRITES_V1
-    if abi >= 2:
-        handled |= _LANDLOCK_REFER
-    if abi >= 3:
-        handled |= _LANDLOCK_TRUNCATE
-    device_access = _LANDLOCK_WRITE_FILE | (_LANDLOCK_TRUNCATE if abi >= 3 else 0)
-    assert _libc is not None
-    attr = _RulesetAttr(handled)
-    ruleset = _libc.syscall(
-        _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
-    )
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    try:
-        rules = [(path, handled) for path in writable]
-        if os.path.isdir(device_dir):
-            rules.append((device_dir, device_access))
-        for path, access in rules:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = _PathBeneathAttr(access, fd)
-                if _libc.syscall(
-                    _SYS_LANDLOCK_ADD_RULE,
-                    ruleset,
-                    _LANDLOCK_RULE_PATH_BENEATH,
-                    ctypes.byref(rule),
-                    0,
-                ):
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
-            finally:
-                os.close(fd)
-        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-        if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0):
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
-        os.close(ruleset)
-
-
 def kill_uid_processes(wait_s: float = 1.0) -> None:
     """Kill every process of this (dedicated) uid except ourselves, and reap ours.
 
@@ -928,6 +869,598 @@ def _supervise(worker: int, config: dict[str, Any]) -> None:
     os._exit(code if code >= 0 else 128 - code)
 
 
+# ---------------------------------------------------------------------------
+# Landlock: what a call may read and write.
+# ---------------------------------------------------------------------------
+
+# Landlock (Linux >= 5.13) restricts a process's file accesses without
+# privileges. Each restriction is a layer that the process and its descendants
+# keep for good; an access must be allowed by every layer. A rule only ever
+# allows, beneath one path. Syscall numbers are the same on every architecture.
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+#: Every filesystem access that writes: files, directories, special files, links.
+_LANDLOCK_WRITES_V1 = sum(1 << bit for bit in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+_LANDLOCK_REFER = 1 << 13  # ABI 2: moving or linking files between directories
+_LANDLOCK_TRUNCATE = 1 << 14  # ABI 3
+_LANDLOCK_WRITE_FILE = 1 << 1
+_LANDLOCK_READ_FILE = 1 << 2
+_LANDLOCK_READ_DIR = 1 << 3  # listing a directory
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = (("handled_access_fs", ctypes.c_uint64),)
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, or 0 when Landlock is unavailable."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    version = _libc.syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), _LANDLOCK_CREATE_RULESET_VERSION
+    )
+    return max(0, int(version))
+
+
+def _landlock_writes(abi: int) -> int:
+    """Every write access the kernel's Landlock ABI can restrict."""
+    handled = _LANDLOCK_WRITES_V1
+    if abi >= 2:
+        handled |= _LANDLOCK_REFER
+    if abi >= 3:
+        handled |= _LANDLOCK_TRUNCATE
+    return handled
+
+
+def landlock_ruleset(
+    handled: int,
+    rules: Iterable[tuple[str, int]],
+    optional: Iterable[tuple[str, int]] = (),
+) -> int:
+    """Build a Landlock ruleset that allows, of the ``handled`` accesses, only ``rules``.
+
+    Args:
+        handled: The accesses the ruleset restricts.
+        rules: ``(path, accesses)``: each allows its accesses beneath ``path``.
+        optional: More rules, skipped when their path is gone or out of our
+            reach (an entry removed since it was listed): what cannot be
+            reached needs no allowing.
+
+    Returns:
+        The ruleset's fd (apply it with :func:`landlock_enforce`; close it after).
+
+    Raises:
+        OSError: Landlock is unavailable, or refused a rule.
+    """
+    if landlock_abi() < 1:
+        raise OSError("Landlock is not available in this kernel")
+    assert _libc is not None
+    attr = _RulesetAttr(handled)
+    ruleset = _libc.syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
+    )
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path, access, required in [
+            *((path, access, True) for path, access in rules),
+            *((path, access, False) for path, access in optional),
+        ]:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except (FileNotFoundError, PermissionError):
+                if required:
+                    raise
+                continue
+            try:
+                rule = _PathBeneathAttr(access & handled, fd)
+                if _libc.syscall(
+                    _SYS_LANDLOCK_ADD_RULE,
+                    ruleset,
+                    _LANDLOCK_RULE_PATH_BENEATH,
+                    ctypes.byref(rule),
+                    0,
+                ):
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+            finally:
+                os.close(fd)
+    except BaseException:
+        os.close(ruleset)
+        raise
+    return ruleset
+
+
+def landlock_enforce(ruleset: int) -> None:
+    """Restrict this process (and all it starts) by ``ruleset``, for good.
+
+    Raises:
+        OSError: The kernel refused.
+    """
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    assert _libc is not None
+    if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0):
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+
+
+def readable_except(
+    hidden: Iterable[str], dir_access: int, file_access: int
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """Rules allowing access to everything visible except what lies beneath ``hidden``.
+
+    Landlock rules only allow, so "all but these" becomes: each entry of each
+    ancestor of a hidden path, except the hidden paths and the ancestors
+    themselves (whose listing stays refused). Symbolic links are skipped: what
+    they point to is allowed or not under its own path.
+
+    Args:
+        hidden: Real (resolved) absolute paths.
+        dir_access: Accesses allowed for a directory entry.
+        file_access: Accesses allowed for any other entry.
+
+    Returns:
+        ``(rules, ancestors)``: the rules, and the directories they enumerate
+        (an entry added to one of them later is not covered).
+    """
+    hidden = set(hidden)
+    ancestors: set[str] = set()
+    for path in hidden:
+        parent = os.path.dirname(path)
+        while parent not in ancestors:
+            ancestors.add(parent)
+            parent = os.path.dirname(parent)
+    rules: list[tuple[str, int]] = []
+    for directory in sorted(ancestors):
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.path in ancestors or entry.path in hidden or entry.is_symlink():
+                        continue
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    rules.append((entry.path, dir_access if is_dir else file_access))
+        except OSError:
+            continue  # unreadable to us: nothing beneath it is allowed then
+    return rules, sorted(ancestors)
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+# ---------------------------------------------------------------------------
+# Denied packages: refused at import time and, with Landlock, unreadable.
+# ---------------------------------------------------------------------------
+
+# The static check (a tool's declared dependencies and its import statements)
+# misses importlib.import_module("req" + "uests"), and the tool environment
+# sees the host's site-packages, where a denied package may well be installed
+# (requests comes with langchain). So each call also gets an import hook, and,
+# where Landlock works, the files of denied packages in every package
+# directory become unreadable. What remains possible, and is why the deny list
+# is a policy, not a security boundary: a copy of a denied package somewhere
+# else on disk under another name (vendored copies are refused by name only
+# when they sit in a ``_vendor``-like package), re-implementing what it does,
+# and, on kernels without Landlock (< 5.13), removing the hook from
+# ``sys.meta_path``. Packages the runner itself has loaded (pydantic and its
+# dependencies) and the standard library cannot be denied.
+
+#: Package directories that vendor other packages (``pip._vendor.requests``).
+_VENDOR_DIRS = frozenset({"_vendor", "vendor", "_vendored", "vendored", "extern", "_extern"})
+#: Extensions of files Python imports a module from.
+_MODULE_SUFFIXES = ("py", "pyc", "so", "pyd")
+#: Where system Pythons keep packages a tool could add to ``sys.path`` itself.
+_SYSTEM_PACKAGE_DIRS = (
+    "/usr/lib/python3/dist-packages",
+    "/usr/local/lib/python3/dist-packages",
+    f"/usr/lib/python3.{sys.version_info.minor}/site-packages",
+    f"/usr/lib/python3.{sys.version_info.minor}/dist-packages",
+    f"/usr/local/lib/python3.{sys.version_info.minor}/site-packages",
+    f"/usr/local/lib/python3.{sys.version_info.minor}/dist-packages",
+)
+
+
+def canonical_distribution(name: str) -> str:
+    """Normalise a distribution name as PEP 503 does (``Foo_Bar`` -> ``foo-bar``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _module_roots(files: Iterable[Any]) -> set[str]:
+    """The importable names a distribution's file list (its RECORD) provides.
+
+    A name is the first package level with an ``__init__.py``, so the portion of
+    a namespace package (``google.cloud.storage``) is named, not the namespace
+    (``google``) that other distributions share.
+    """
+    paths = {tuple(getattr(item, "parts", ())) for item in files}
+    roots: set[str] = set()
+    for parts in paths:
+        if (
+            not parts
+            or parts[0] in ("..", "__pycache__")
+            or parts[0].endswith((".dist-info", ".egg-info", ".data"))
+        ):
+            continue
+        for depth in range(1, len(parts)):
+            if (*parts[:depth], "__init__.py") in paths:
+                roots.add(".".join(parts[:depth]))
+                break
+        else:
+            stem, _, suffix = parts[-1].partition(".")
+            if stem.isidentifier() and suffix.rsplit(".", 1)[-1] in _MODULE_SUFFIXES:
+                roots.add(".".join((*parts[:-1], stem)))
+    return roots
+
+
+class DeniedImportFinder:
+    """A ``sys.meta_path`` finder that refuses the modules of denied distributions.
+
+    Installed first on ``sys.meta_path`` in each call's child. Pure Python can
+    take it out again, so it is a clear message and a first line, not the
+    boundary: with Landlock the files of denied packages are unreadable too.
+    """
+
+    def __init__(self, modules: dict[str, str]) -> None:
+        """Remember what to refuse.
+
+        Args:
+            modules: Module name (``requests``, ``google.cloud.storage``) -> the
+                denied distribution that provides it.
+        """
+        self.modules = dict(modules)
+
+    def denied(self, fullname: str) -> str | None:
+        """Return why ``fullname`` may not be imported, or None when it may."""
+        parts = fullname.split(".")
+        for start in range(len(parts)):
+            # The module itself, or a copy vendored inside another package.
+            if start and parts[start - 1] not in _VENDOR_DIRS:
+                continue
+            for end in range(start + 1, len(parts) + 1):
+                name = ".".join(parts[start:end])
+                distribution = self.modules.get(name)
+                if distribution is None:
+                    continue
+                copy = f" (a copy of {name!r} vendored inside another package)" if start else ""
+                return (
+                    f"importing {fullname!r}{copy} is refused: it comes from the distribution "
+                    f"{distribution!r}, which is on the deny list of this tool store; use the "
+                    "standard library or an allowed package instead"
+                )
+        return None
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        """Refuse a denied module; leave every other one to the next finders.
+
+        Raises:
+            DeniedImportError: ``fullname`` belongs to a denied distribution.
+        """
+        reason = self.denied(fullname)
+        if reason is not None:
+            raise DeniedImportError(reason, name=fullname)
+        return None
+
+
+class DeniedPackages:
+    """The deny list as seen inside the sandbox: module names, files, Landlock layer.
+
+    Built once per worker, after warm-up. The Landlock layer (``ruleset``) lets
+    a call read every file except those of denied packages in the package
+    directories, so removing the import hook does not make them importable.
+    Landlock can only allow, so the layer enumerates the entries of the
+    directories holding denied packages; when one of those directories (or a
+    package directory) changes, e.g. when a dependency is installed into the
+    tool environment, :meth:`stale` says so and the worker rebuilds the layer
+    before the next call.
+
+    Attributes:
+        modules: Module name -> the denied distribution that provides it.
+        hidden: Real paths made unreadable.
+        ruleset: Fd of the Landlock ruleset, or -1 (no Landlock, or nothing to hide).
+        error: Why the layer could not be built ('' if it could, or was not needed).
+    """
+
+    def __init__(self, distributions: Sequence[str]) -> None:
+        """Find the denied distributions' modules and build the Landlock layer.
+
+        Args:
+            distributions: Denied distribution names (PyPI names).
+        """
+        self.distributions = sorted({canonical_distribution(d) for d in distributions if d})
+        self.modules: dict[str, str] = {}
+        self.hidden: list[str] = []
+        self.ruleset = -1
+        self.error = ""
+        self._watched: dict[str, int] = {}
+        self.refresh()
+
+    @staticmethod
+    def package_dirs() -> list[str]:
+        """Real paths of the directories packages are imported from here, or could be."""
+        found: list[str] = []
+        for path in [*sys.path, *_SYSTEM_PACKAGE_DIRS]:
+            real = os.path.realpath(path) if path else ""
+            if real and real not in found and os.path.isdir(real):
+                found.append(real)
+        return found
+
+    def refresh(self) -> None:
+        """(Re)compute the modules, the hidden files and the Landlock layer."""
+        import importlib.metadata  # only when there is a deny list
+
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
+        package_dirs = self.package_dirs()
+        modules: dict[str, str] = {}
+        for name in self.distributions:
+            roots: set[str] = set()
+            for dist in importlib.metadata.distributions(name=name, path=package_dirs):
+                files = dist.files
+                if files is not None:
+                    roots |= _module_roots(files)
+                else:
+                    text = dist.read_text("top_level.txt") or ""
+                    roots |= {line.strip() for line in text.splitlines() if line.strip()}
+            if not roots:  # installed nowhere: its import name is most likely its own
+                roots.add(name.replace("-", "_"))
+            for root in roots:
+                # The standard library and what the runner itself runs on
+                # (pydantic and its dependencies, loaded by now) can never be denied.
+                if root.split(".")[0] in sys.stdlib_module_names or root in sys.modules:
+                    continue
+                modules.setdefault(root, name)
+        self.modules = modules
+        self.hidden = self._files_of(modules, package_dirs)
+        watched = list(package_dirs)
+        self.error = ""
+        if self.hidden and landlock_abi() >= 1:
+            rules, ancestors = readable_except(
+                self.hidden, _LANDLOCK_READ_FILE, _LANDLOCK_READ_FILE
+            )
+            watched += ancestors
+            try:
+                self.ruleset = landlock_ruleset(_LANDLOCK_READ_FILE, (), optional=rules)
+            except OSError as exc:
+                self.error = f"cannot make the denied packages unreadable: {exc}"
+        self._watched = {}
+        for directory in watched:
+            with contextlib.suppress(OSError):
+                self._watched[directory] = os.stat(directory).st_mtime_ns
+
+    @staticmethod
+    def _files_of(modules: dict[str, str], package_dirs: Sequence[str]) -> list[str]:
+        """The files and directories of ``modules`` in ``package_dirs`` (real paths)."""
+        hidden: set[str] = set()
+        listings: dict[str, list[str]] = {}
+
+        def listing(directory: str) -> list[str]:
+            if directory not in listings:
+                try:
+                    listings[directory] = os.listdir(directory)
+                except OSError:
+                    listings[directory] = []
+            return listings[directory]
+
+        for module in modules:
+            *package, base = module.split(".")
+            for root in package_dirs:
+                parent = os.path.join(root, *package)
+                for directory in (parent, os.path.join(parent, "__pycache__")):
+                    for name in listing(directory):
+                        if name == base or (
+                            name.startswith(base + ".")
+                            and name.rsplit(".", 1)[-1] in _MODULE_SUFFIXES
+                        ):
+                            hidden.add(os.path.realpath(os.path.join(directory, name)))
+        return sorted(hidden)
+
+    def stale(self) -> bool:
+        """Whether a watched directory changed since the layer was built."""
+        for directory, mtime in self._watched.items():
+            try:
+                if os.stat(directory).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def finder(self) -> DeniedImportFinder:
+        """A fresh import hook for these modules."""
+        return DeniedImportFinder(self.modules)
+
+
+# ---------------------------------------------------------------------------
+# Per-call scratch and process counts.
+# ---------------------------------------------------------------------------
+
+
+def _remove(path: str, device: int) -> None:
+    """Delete ``path`` and all beneath it, unlocking directories a tool locked.
+
+    Never crosses into another filesystem: what is mounted there (a bound
+    workdir) is not ours to delete.
+    """
+    st = os.lstat(path)
+    if st.st_dev != device:
+        raise OSError(errno.EXDEV, f"{path} is another filesystem, left alone")
+    if stat.S_ISDIR(st.st_mode):
+        if st.st_mode & 0o700 != 0o700:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+        with os.scandir(path) as entries:
+            names = [entry.path for entry in entries]
+        for name in names:
+            _remove(name, device)
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
+
+def empty_directory(path: str | os.PathLike[str], keep: Iterable[str] = ()) -> None:
+    """Remove everything inside ``path`` but the paths in ``keep``, keeping ``path`` itself.
+
+    Kept directories on the same filesystem are emptied in turn (bubblewrap
+    creates the parents of a workdir bound beneath /tmp; a tool may write in
+    them); nothing on another filesystem is ever touched.
+
+    Args:
+        path: The directory.
+        keep: Paths beneath it (as ``os.path.join`` spells them) to keep.
+
+    Raises:
+        OSError: Something could not be removed, or lies on another
+            filesystem without being kept, or the tree is absurdly deep.
+    """
+    kept = set(keep)
+    top = os.fspath(path)
+    device = os.lstat(top).st_dev
+
+    def empty(directory: str) -> None:
+        with os.scandir(directory) as entries:
+            names = [entry.path for entry in entries]
+        for name in names:
+            if name not in kept:
+                _remove(name, device)
+                continue
+            st = os.lstat(name)
+            if st.st_dev == device and stat.S_ISDIR(st.st_mode):
+                empty(name)
+
+    try:
+        empty(top)
+    except RecursionError:
+        raise OSError(errno.ELOOP, f"{top} is nested too deeply to empty") from None
+
+
+def skeleton(directory: str) -> dict[str, int | None]:
+    """What lies in ``directory`` now (bubblewrap's doing): path -> directory mode.
+
+    The mode is None for what is not a directory of the same filesystem
+    (a mount point, a file), which is kept but neither entered nor chmodded.
+    """
+    found: dict[str, int | None] = {}
+    device = os.lstat(directory).st_dev
+
+    def visit(path: str) -> None:
+        st = os.lstat(path)
+        same = st.st_dev == device and stat.S_ISDIR(st.st_mode)
+        found[path] = stat.S_IMODE(st.st_mode) if same else None
+        if same:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    visit(entry.path)
+
+    visit(directory)
+    return found
+
+
+#: Inode of the initial IPC namespace (``/proc/self/ns/ipc`` on the host).
+_INITIAL_IPC_NAMESPACE = "ipc:[4026531839]"
+_IPC_RMID = 0
+
+
+def remove_ipc_objects() -> None:
+    """Remove every System V shared memory segment, semaphore set and message queue.
+
+    They outlive the processes that made them, so one call could leave data for
+    the next. Only ever called in the sandbox's own IPC namespace, where every
+    object is a call's.
+
+    Raises:
+        OSError: An object could not be removed.
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    removers = {
+        "shm": lambda ident: _libc.shmctl(ident, _IPC_RMID, None),
+        "sem": lambda ident: _libc.semctl(ident, 0, _IPC_RMID),
+        "msg": lambda ident: _libc.msgctl(ident, _IPC_RMID, None),
+    }
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}", encoding="ascii") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue  # no System V IPC in this kernel
+        for row in rows:
+            ident = int(row.split()[1])
+            if remove(ident) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.EIDRM):
+                raise OSError(ctypes.get_errno(), f"cannot remove System V {kind} {ident}")
+
+
+def tasks_of_uid(uid: int) -> int:
+    """Count the tasks (threads included) of real uid ``uid`` in ``/proc``, as RLIMIT_NPROC does."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        real_uid = threads = None
+        for line in text.splitlines():
+            if line.startswith(b"Uid:"):
+                real_uid = int(line.split()[1])
+            elif line.startswith(b"Threads:"):
+                threads = int(line.split()[1])
+                break
+        if real_uid == uid:
+            count += threads or 1
+    return count
+
+
+def nproc_counts_this_user_namespace() -> bool:
+    """Whether RLIMIT_NPROC counts only this user namespace's tasks.
+
+    Since Linux 5.14 the count is kept per user namespace: inside bubblewrap's
+    (as a normal user) it counts the sandbox's own tasks, not all of the user's.
+    """
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as handle:
+            mapping = handle.read().split()
+    except OSError:
+        return False
+    if mapping[:3] == ["0", "0", "4294967295"]:
+        return False  # the initial user namespace: every task of the user counts
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(release) and (int(release[1]), int(release[2])) >= (5, 14)
+
+
+def in_bubblewrap_pid_namespace() -> bool:
+    """Whether this process runs in a pid namespace of its own, as bubblewrap makes.
+
+    Checked before anything that acts on every visible process (``kill(-1)``,
+    waiting for them all): there, every visible process belongs to this
+    sandbox. Pid 1 is then bubblewrap's init, and our parent (or, above the
+    supervisor, our grandparent); on the host the worker lies much deeper.
+    """
+    try:
+        with open("/proc/1/cmdline", "rb") as handle:
+            init = handle.read().split(b"\0", 1)[0]
+        parent = os.getppid()
+        if parent != 1:
+            with open(f"/proc/{parent}/stat", "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return False
+    return parent == 1 and os.path.basename(init) == b"bwrap"
+
+
+# ---------------------------------------------------------------------------
+# The worker: one forked child per request.
+# ---------------------------------------------------------------------------
+
+
 class _Capture:
     """Keeps the first ``limit`` bytes read from a pipe and counts the rest."""
 
@@ -993,6 +1526,35 @@ class Worker:
         self.dedicated = bool(config.get("dedicated_uid"))
         self.base_env = dict(config.get("env") or {})
         self.spare: _Spare | None = None
+        # In bubblewrap's pid namespace every process we can see is the sandbox's.
+        self.own_pid_namespace = bool(config.get("pid_namespace")) and (
+            in_bubblewrap_pid_namespace()
+        )
+        # kill(-1) reaches exactly the processes of our uid that we can see.
+        self.kills_all = self.own_pid_namespace or (
+            self.dedicated and os.getuid() != 0 and os.getuid() == config.get("uid")
+        )
+        # Directories only this sandbox sees (bubblewrap's tmpfs): emptied after
+        # each call, down to what bubblewrap put there (parents of bound paths).
+        self.scratch = [d for d in config.get("private_scratch") or () if os.path.isdir(d)]
+        self.skeleton: dict[str, int | None] = {}
+        for directory in self.scratch:
+            self.skeleton.update(skeleton(directory))
+        # The sandbox starts in the directory it binds: under a shared workspace
+        # root, that root, beneath which each call's workdir lies.
+        self.root = os.path.realpath(os.getcwd())
+        self._outside_root: list[tuple[str, int]] | None = None
+        if self.scratch:  # bubblewrap: the few directories to list are its own
+            self.outside_root()
+        # System V IPC objects outlive their processes: removed after each call,
+        # but only in an IPC namespace of the sandbox's own.
+        try:
+            own_ipc = os.readlink("/proc/self/ns/ipc") != _INITIAL_IPC_NAMESPACE
+        except OSError:
+            own_ipc = False
+        self.owns_ipc = bool(self.scratch) and self.own_pid_namespace and own_ipc
+        denied = config.get("denied_packages")
+        self.denied = DeniedPackages(denied) if denied else None
 
     def serve(self) -> None:
         """Answer requests until end of input (or after one, in one-shot mode)."""
@@ -1010,7 +1572,7 @@ class Worker:
             else:
                 response = self.handle(request)
             _write_all(self.proto_out, encode_frame(response))
-            if oneshot:
+            if oneshot or response.get("retire"):
                 break
             reap_children()
             precompile(request.get("source"))
@@ -1041,6 +1603,13 @@ class Worker:
         cap = int(request.get("output_bytes", 65536))
         result_cap = int(request.get("result_bytes", 16 << 20))
         started = time.monotonic()
+        if self.denied is not None and self.denied.stale():
+            # The package directories changed (an install): the spare hides what
+            # was there before; rebuild the layer and fork a child that applies it.
+            self.denied.refresh()
+            if self.spare is not None:
+                self.spare.discard()
+                self.spare = None
         child, self.spare = self.spare, None
         try:
             if child is None:
@@ -1100,8 +1669,11 @@ class Worker:
         delivered = not timed_out and not open_fds and bool(result.data)
         if status is None and not delivered:
             _, status, rusage = os.wait4(pid, 0)
-        # Everything the call started dies with it.
+        # Everything the call started dies with it; then nothing of it may reach
+        # the next call, which may be another episode's.
         self.cleanup(pid)
+        # (A one-shot sandbox is torn down with everything in it instead.)
+        retire = self.reset_scratch() if self.scratch and not self.config.get("oneshot") else ""
         self._drain(streams, open_fds)
         for fd in (*streams, *([pidfd] if pidfd is not None else [])):
             os.close(fd)
@@ -1112,19 +1684,150 @@ class Worker:
         response["outcome"]["stdout"] = stdout.text()
         response["outcome"]["stderr"] = stderr.text()
         response["outcome"]["duration_ms"] = elapsed * 1000.0
+        if retire:
+            # The host closes this worker; a fresh sandbox serves the next call.
+            response["retire"] = retire
         return response
 
     def cleanup(self, pid: int) -> None:
-        """Kill the call's process group and, under a dedicated uid, every stray.
+        """Kill the call's process group and every stray we can reach.
 
-        Dying processes are reaped here when already dead, else after the answer
-        is sent, so the answer does not wait for their teardown.
+        Strays are reachable under a dedicated uid, or in bubblewrap's pid
+        namespace (as a normal user, where ``kill(-1)`` would otherwise reach
+        the user's own processes). Dying processes are reaped here when already
+        dead, else later (see :meth:`reset_scratch`).
         """
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        if self.dedicated and os.getuid() != 0 and os.getuid() == self.config.get("uid"):
+        if self.kills_all:
             kill_uid_processes(0.0)
         reap_children()
+
+    def reset_scratch(self) -> str:
+        """Empty the private ``/tmp`` and ``/dev/shm`` (and System V IPC) for the next call.
+
+        Returns:
+            '' when done, else why this worker must not serve another call.
+        """
+        # Every process of the call has been sent SIGKILL, but one still inside a
+        # system call may yet create a file: empty only once none can any more.
+        deadline = time.monotonic() + 2.0
+        while not self.call_is_over():
+            if time.monotonic() > deadline:
+                return "processes of the last call did not die, so its scratch stays dirty"
+            time.sleep(0.0002)
+        try:
+            for directory in self.scratch:
+                empty_directory(directory, self.skeleton)
+            for path, mode in self.skeleton.items():
+                if mode is not None and stat.S_IMODE(os.lstat(path).st_mode) != mode:
+                    os.chmod(path, mode)  # a locked parent would lock the next call out
+            if self.owns_ipc:
+                remove_ipc_objects()
+        except OSError as exc:
+            return f"cannot reset the private scratch directories after a call: {exc}"
+        return ""
+
+    def call_is_over(self) -> bool:
+        """Whether no process of the last call can still act (all were sent SIGKILL).
+
+        In our own pid namespace every process but bubblewrap's init, our parent
+        and ourselves is the call's: each task must be dead or exiting (a task
+        that started exiting has finished its last system call). Waiting for that
+        instead of reaping spares the call the slow teardown of its address space.
+        Elsewhere we reap: we are the subreaper of all of them, so "no child
+        left" means none left.
+        """
+        if not self.own_pid_namespace:
+            while True:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return True
+                if pid == 0:
+                    return False
+        ours = {1, os.getpid(), os.getppid()}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in ours:
+                continue
+            try:
+                tasks = os.listdir(f"/proc/{entry}/task")
+            except OSError:
+                continue  # gone
+            for task in tasks:
+                try:
+                    with open(f"/proc/{entry}/task/{task}/stat", "rb") as handle:
+                        fields = handle.read().rsplit(b")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue  # gone
+                if fields[0] not in (b"Z", b"X") and not int(fields[6]) & _PF_EXITING:
+                    return False
+        return True
+
+    def outside_root(self) -> list[tuple[str, int]]:
+        """Landlock rules letting a call read everything except the workspace root."""
+        if self._outside_root is None:
+            rules, _ = readable_except(
+                [self.root], _LANDLOCK_READ_FILE | _LANDLOCK_READ_DIR, _LANDLOCK_READ_FILE
+            )
+            self._outside_root = rules
+        return self._outside_root
+
+    def confine(self, workdir: str) -> None:
+        """Let this call read and write, under the workspace root, only ``workdir``; for good.
+
+        Outside the root everything visible stays readable (the system, Python,
+        the tool environment, /proc); the private scratch directories and
+        ``workdir`` are writable, and the files in /dev (``/dev/null``).
+
+        Raises:
+            OSError: ``workdir`` does not lie under the root, or Landlock failed.
+        """
+        real = os.path.realpath(workdir)
+        if real == self.root or not _within(real, self.root):
+            raise OSError(f"{workdir} does not lie under this sandbox's root {self.root}")
+        abi = landlock_abi()
+        reads = _LANDLOCK_READ_FILE | _LANDLOCK_READ_DIR
+        handled = _landlock_writes(abi) | reads
+        rules = [(real, handled), *((directory, handled) for directory in self.scratch)]
+        if os.path.isdir("/dev"):
+            device = reads | _LANDLOCK_WRITE_FILE | (_LANDLOCK_TRUNCATE if abi >= 3 else 0)
+            rules.append(("/dev", device))
+        ruleset = landlock_ruleset(handled, rules, optional=self.outside_root())
+        try:
+            landlock_enforce(ruleset)
+        finally:
+            os.close(ruleset)
+
+    def process_limit(self, processes: Any) -> int | None:
+        """The RLIMIT_NPROC of a call: room for ``processes`` more tasks of its uid.
+
+        Under a dedicated uid the uid is the sandbox's alone: the limit is
+        ``processes``. As a normal user every sandbox shares the user's uid and
+        the kernel counts the user's tasks: in bubblewrap's user namespace
+        (Linux >= 5.14) only those of this namespace, i.e. of this sandbox,
+        which is exactly what we can see; with the degraded backend all of the
+        user's tasks on the machine. Either way the call may start
+        ``processes`` tasks on top of those counted now. The trade-off of the
+        degraded case: the user's other processes starting during the call eat
+        into the margin (the tool then sees EAGAIN early), and calls running at
+        once each get their own margin.
+
+        Returns:
+            The limit, or None when it cannot mean anything: as root (not
+            enforced), or in a pid namespace whose tasks are not what is counted.
+        """
+        if processes is None:
+            return None
+        if self.dedicated:
+            return int(processes)
+        if os.getuid() == 0:
+            return None
+        if self.config.get("pid_namespace") and not nproc_counts_this_user_namespace():
+            return None
+        limit = tasks_of_uid(os.getuid()) + int(processes)
+        _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        return limit if hard == resource.RLIM_INFINITY else min(limit, hard)
 
     @staticmethod
     def _drain(streams: dict[int, _Capture], open_fds: set[int]) -> None:
@@ -1238,6 +1941,16 @@ class Worker:
         # Only the worker must stay undumpable; the call's own /proc entries
         # should behave normally for the tool (fd listing, /proc/self/...).
         _prctl(_PR_SET_DUMPABLE, 1)
+        problem = ""
+        if self.denied is not None and self.denied.error:
+            problem = self.denied.error
+        elif self.denied is not None and self.denied.ruleset >= 0:
+            # Before the fds are closed below (the ruleset's among them), and in
+            # idle time: the worker checks before each call that it is not stale.
+            try:
+                landlock_enforce(self.denied.ruleset)
+            except OSError as exc:
+                problem = f"cannot make the denied packages unreadable: {exc}"
         # Move the pipe ends out of the way first so the dup2s below cannot clobber them.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 32) for fd in (out_w, err_w, res_w, request_r)]
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -1264,10 +1977,8 @@ class Worker:
             (resource.RLIMIT_AS, limits.get("memory_mb"), mib),
             (resource.RLIMIT_FSIZE, limits.get("file_size_mb"), mib),
             (resource.RLIMIT_NOFILE, limits.get("open_files"), 1),
+            (resource.RLIMIT_NPROC, self.process_limit(limits.get("processes")), 1),
         ]
-        if self.dedicated:
-            # NPROC counts every process of the uid: only meaningful for our own uid.
-            settings.append((resource.RLIMIT_NPROC, limits.get("processes"), 1))
         for limit, value, unit in settings:
             if value is None:
                 continue
@@ -1285,21 +1996,22 @@ class Worker:
         os.environ.update({str(k): str(v) for k, v in (request.get("secrets") or {}).items()})
         sys.argv = ["tool"]
         me = os.getpid()
-        confined = True
         workdir = request.get("workdir")
-        if workdir:
-            # A worker shared by the workdirs under one root: this call may write
-            # in its own workdir (and the private /tmp) only, or it does not run.
+        if workdir and not problem:
+            # A worker shared by the workdirs under one root: this call may read
+            # and write there in its own workdir only, or it does not run.
             try:
                 os.chdir(workdir)
                 os.environ["HOME"] = workdir
-                confine_writes([workdir, "/tmp", "/dev/shm"])  # core.PRIVATE_SCRATCH
+                self.confine(workdir)
             except OSError as exc:
-                confined = False
-                message = f"could not confine the call to its workdir: {exc}"
-                response = {"outcome": outcome(SANDBOX, message), "test": None}
+                problem = f"could not confine the call to its workdir: {exc}"
         try:
-            if confined:
+            if problem:
+                response = {"outcome": outcome(SANDBOX, problem), "test": None}
+            else:
+                if self.denied is not None and self.denied.modules:
+                    sys.meta_path.insert(0, self.denied.finder())
                 response = execute(request)
         except BaseException as exc:  # even the reporting failed (e.g. memory)
             error = classify_exception(exc, limits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -22,6 +23,8 @@ from typing import Any
 
 from insitu.sandbox import runner
 from insitu.sandbox.backend import UidLease, spawner, sweep_uid
+
+logger = logging.getLogger("insitu.sandbox")
 
 
 class WorkerError(Exception):
@@ -60,6 +63,8 @@ class SandboxProcess:
         self.max_frame_bytes = max_frame_bytes
         self.last_used = time.monotonic()
         self.requests = 0
+        self.retired = ""
+        """Why the sandbox asked to be replaced after its last answer ('' if it did not)."""
         self._buffer = bytearray()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -101,8 +106,8 @@ class SandboxProcess:
 
     @property
     def alive(self) -> bool:
-        """Whether the process is still running and usable."""
-        return not self._closed and self.proc.poll() is None
+        """Whether the process is still running and usable (not retired)."""
+        return not self._closed and not self.retired and self.proc.poll() is None
 
     def _tail(self, limit: int = 1500) -> str:
         try:
@@ -135,6 +140,12 @@ class SandboxProcess:
         self.last_used = time.monotonic()
         if not isinstance(response, dict):
             raise WorkerError("crash", f"the sandbox sent an invalid response: {response!r}")
+        retire = response.pop("retire", None)
+        if retire:
+            # The answer stands, but the sandbox cannot serve another call cleanly
+            # (e.g. its private /tmp could not be emptied): it is closed on release.
+            self.retired = str(retire)
+            logger.warning("retiring a sandbox worker: %s", self.retired)
         return response
 
     def _write(self, data: bytes, deadline: float) -> None:
