@@ -312,6 +312,18 @@ def _local_api_if_needed(tasks: Sequence[Task]) -> Iterator[str | None]:
         api.stop()
 
 
+def without_rejected_tools(final: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A batch's results, each without the tools a reviewer rejected from its ``tools_created``.
+
+    A rejected tool never entered the library: it is never counted as created (EGL).
+    """
+    rejected = {r["name"] for r in final.get("rejected_tools") or []}
+    return [
+        {**r, "tools_created": [t for t in r.get("tools_created") or [] if t not in rejected]}
+        for r in final.get("results") or []
+    ]
+
+
 def prediction_row(
     task: Task, result: Mapping[str, Any], batch: int, retry: int = 0
 ) -> dict[str, Any]:
@@ -368,7 +380,7 @@ def step_row(
         retry: 0 for the batch's own pass, K for its K-th retry pass (whose tasks
             were processed before, so ``tasks_processed`` does not grow).
     """
-    results = list(final.get("results") or [])
+    results = without_rejected_tools(final)
     absorb = final.get("absorb") or {}
     metrics = [r.get("metrics") or {} for r in results]
     created = sum(len(r.get("tools_created") or []) for r in results)
@@ -691,7 +703,7 @@ def evolve(
                 on_event,
                 on_review,
             )
-            by_id = {r.get("task_id"): r for r in final.get("results") or []}
+            by_id = {r.get("task_id"): r for r in without_rejected_tools(final)}
             missing = {
                 "error": "the batch finished without a result for this task",
                 "error_kind": "internal",

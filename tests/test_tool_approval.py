@@ -215,3 +215,11 @@ def test_insitu_evolve_pauses_then_resumes_after_the_decisions(tmp_path) -> None
     assert done.returncode == 0, done.stderr
     listed = _insitu("tools", "list", "--store", store).stdout
     assert "summarize_numbers" in listed and "compute_date_difference" not in listed
+    # The rejected tool is never counted as created (EGL), in steps or predictions.
+    [step] = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").open()]
+    assert step["tools_created"] == 1
+    created = [
+        json.loads(line)["tools_created"]
+        for line in (tmp_path / "run" / "predictions.jsonl").open()
+    ]
+    assert sorted(sum(created, [])) == ["summarize_numbers"]
