@@ -240,6 +240,12 @@ def test_a_task_of_a_batch_is_a_subgraph_that_can_be_inspected(store, sandbox) -
     assert episodes, "each task's checkpoint namespace is recorded"
     inner = graph.get_state(episodes[0].state, subgraphs=True)
     assert inner.values.get("task_id") in ("t0", "t1")
+    # A task can be forked where it was about to execute, with an edited plan.
+    steps = list(graph.get_state_history(episodes[0].state))
+    before = next(s for s in steps if s.next == ("execute_task",))
+    forked = graph.update_state(before.config, {"guidance": "by hand"}, as_node="plan_task")
+    assert forked["configurable"]["checkpoint_ns"].startswith("solve_task:")
+    assert graph.get_state(forked).values["guidance"] == "by hand"
 
 
 @pytest.mark.parametrize(("limit", "expected_max"), [(1, 1), (2, 2), (6, 6)])
