@@ -279,6 +279,11 @@ def test_task_files_replace_a_planted_link_instead_of_writing_through_it(
     given.write_text("a,b\n1,2\n")
 
     class NoSandbox:
+        """Stands in for the sandbox: this test runs no tool."""
+
+        backend = "bwrap"
+        isolation_level = "strong"
+
         def prewarm(self, workdir: Path) -> None:
             pass
 
