@@ -138,6 +138,23 @@ def test_a_call_never_sees_what_the_previous_one_left_in_tmp(workdir: Path) -> N
     assert (workdir / "input.txt").read_text() == "kept"
 
 
+@needs_bwrap
+def test_a_worker_that_cannot_clean_up_is_replaced(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    too_deep = """
+    os.chdir("/tmp")
+    for _ in range(1500):
+        os.mkdir("d")
+        os.chdir("d")
+    value = "left a tree too deep to remove"
+    """
+    with Sandbox(SandboxSettings(backend="bwrap")) as sandbox:
+        assert value_of(sandbox, too_deep, workdir).startswith("left")  # the answer stands
+        assert "retiring a sandbox worker" in caplog.text
+        assert "d" not in value_of(sandbox, "value = os.listdir('/tmp')", workdir)
+
+
 def test_episodes_sharing_a_worker_share_no_scratch(shared: Sandbox, root: Path) -> None:
     value_of(shared, LEAVE_TRACES, root / "a")
     assert value_of(shared, LOOK_FOR_TRACES, root / "b") == {"/tmp": [], "/dev/shm": []}
@@ -177,12 +194,24 @@ if input.arg == "leave":
 else:
     value = [libc.shmget(key, 0, 0), libc.msgget(key, 0), libc.semget(key, 0, 0)]
 """
+POSIX_QUEUE = """
+import ctypes, ctypes.util
+rt = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+value = rt.mq_open(b"/insitu-probe", os.O_CREAT | os.O_RDWR, 0o600, None)
+"""
 
 
 def test_system_v_ipc_objects_do_not_outlive_the_call(shared: Sandbox, root: Path) -> None:
     assert value_of(shared, SYSTEM_V, root / "a", "leave") == [True, True, True]
     assert value_of(shared, SYSTEM_V, root / "b", "look") == [-1, -1, -1]
     assert shared.worker_count == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_posix_message_queue_can_be_made(backend: str, workdir: Path) -> None:
+    # They outlive the call, and cannot be listed (to remove them) from inside.
+    with Sandbox(SandboxSettings(backend=backend)) as sandbox:
+        assert value_of(sandbox, POSIX_QUEUE, workdir) == -1
 
 
 DESCRIBE_WRITER = """

@@ -1364,6 +1364,39 @@ def skeleton(directory: str) -> dict[str, int | None]:
 #: Inode of the initial IPC namespace (``/proc/self/ns/ipc`` on the host).
 _INITIAL_IPC_NAMESPACE = "ipc:[4026531839]"
 _IPC_RMID = 0
+_SHM_INFO = 14
+_MSG_INFO = 12
+_SEM_INFO = 19
+
+
+class _ShmInfo(ctypes.Structure):
+    _fields_ = (("used_ids", ctypes.c_int), ("counters", ctypes.c_ulong * 5))
+
+
+class _MsgInfo(ctypes.Structure):
+    _fields_ = (
+        ("msgpool", ctypes.c_int),
+        ("limits", ctypes.c_int * 6),
+        ("msgseg", ctypes.c_ushort),
+    )
+
+
+class _SemInfo(ctypes.Structure):
+    _fields_ = (("limits", ctypes.c_int * 7), ("semusz", ctypes.c_int), ("more", ctypes.c_int * 2))
+
+
+def ipc_objects_exist() -> bool:
+    """Whether any System V IPC object exists in this IPC namespace (three cheap calls)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    shm, msg, sem = _ShmInfo(), _MsgInfo(), _SemInfo()
+    # SHM_INFO, MSG_INFO and SEM_INFO report how many objects are in use.
+    if _libc.shmctl(0, _SHM_INFO, ctypes.byref(shm)) < 0 or shm.used_ids:
+        return True
+    if _libc.msgctl(0, _MSG_INFO, ctypes.byref(msg)) < 0 or msg.msgpool:
+        return True
+    return _libc.semctl(0, 0, _SEM_INFO, ctypes.byref(sem)) < 0 or sem.semusz > 0
 
 
 def remove_ipc_objects() -> None:
@@ -1376,9 +1409,8 @@ def remove_ipc_objects() -> None:
     Raises:
         OSError: An object could not be removed.
     """
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
+    if not ipc_objects_exist():
+        return
     removers = {
         "shm": lambda ident: _libc.shmctl(ident, _IPC_RMID, None),
         "sem": lambda ident: _libc.semctl(ident, 0, _IPC_RMID),
@@ -1538,14 +1570,14 @@ class Worker:
         # each call, down to what bubblewrap put there (parents of bound paths).
         self.scratch = [d for d in config.get("private_scratch") or () if os.path.isdir(d)]
         self.skeleton: dict[str, int | None] = {}
-        for directory in self.scratch:
-            self.skeleton.update(skeleton(directory))
         # The sandbox starts in the directory it binds: under a shared workspace
         # root, that root, beneath which each call's workdir lies.
         self.root = os.path.realpath(os.getcwd())
         self._outside_root: list[tuple[str, int]] | None = None
-        if self.scratch:  # bubblewrap: the few directories to list are its own
-            self.outside_root()
+        if self.scratch and not config.get("oneshot"):
+            for directory in self.scratch:
+                self.skeleton.update(skeleton(directory))
+            self.outside_root()  # bubblewrap: the few directories to list are its own
         # System V IPC objects outlive their processes: removed after each call,
         # but only in an IPC namespace of the sandbox's own.
         try:
@@ -1669,11 +1701,8 @@ class Worker:
         delivered = not timed_out and not open_fds and bool(result.data)
         if status is None and not delivered:
             _, status, rusage = os.wait4(pid, 0)
-        # Everything the call started dies with it; then nothing of it may reach
-        # the next call, which may be another episode's.
+        # Everything the call started dies with it.
         self.cleanup(pid)
-        # (A one-shot sandbox is torn down with everything in it instead.)
-        retire = self.reset_scratch() if self.scratch and not self.config.get("oneshot") else ""
         self._drain(streams, open_fds)
         for fd in (*streams, *([pidfd] if pidfd is not None else [])):
             os.close(fd)
@@ -1684,9 +1713,14 @@ class Worker:
         response["outcome"]["stdout"] = stdout.text()
         response["outcome"]["stderr"] = stderr.text()
         response["outcome"]["duration_ms"] = elapsed * 1000.0
-        if retire:
-            # The host closes this worker; a fresh sandbox serves the next call.
-            response["retire"] = retire
+        # Then nothing of it may reach the next call, which may be another
+        # episode's (last, so that its processes had time to start exiting). A
+        # one-shot sandbox is torn down with everything in it instead.
+        if self.scratch and not self.config.get("oneshot"):
+            retire = self.reset_scratch(pid)
+            if retire:
+                # The host closes this worker; a fresh sandbox serves the next call.
+                response["retire"] = retire
         return response
 
     def cleanup(self, pid: int) -> None:
@@ -1703,8 +1737,11 @@ class Worker:
             kill_uid_processes(0.0)
         reap_children()
 
-    def reset_scratch(self) -> str:
+    def reset_scratch(self, pid: int) -> str:
         """Empty the private ``/tmp`` and ``/dev/shm`` (and System V IPC) for the next call.
+
+        Args:
+            pid: The call's child.
 
         Returns:
             '' when done, else why this worker must not serve another call.
@@ -1712,7 +1749,7 @@ class Worker:
         # Every process of the call has been sent SIGKILL, but one still inside a
         # system call may yet create a file: empty only once none can any more.
         deadline = time.monotonic() + 2.0
-        while not self.call_is_over():
+        while not self.call_is_over(pid):
             if time.monotonic() > deadline:
                 return "processes of the last call did not die, so its scratch stays dirty"
             time.sleep(0.0002)
@@ -1728,8 +1765,8 @@ class Worker:
             return f"cannot reset the private scratch directories after a call: {exc}"
         return ""
 
-    def call_is_over(self) -> bool:
-        """Whether no process of the last call can still act (all were sent SIGKILL).
+    def call_is_over(self, pid: int) -> bool:
+        """Whether no process of the call run by child ``pid`` can still act (all got SIGKILL).
 
         In our own pid namespace every process but bubblewrap's init, our parent
         and ourselves is the call's: each task must be dead or exiting (a task
@@ -1741,17 +1778,25 @@ class Worker:
         if not self.own_pid_namespace:
             while True:
                 try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                    waited, _ = os.waitpid(-1, os.WNOHANG)
                 except ChildProcessError:
                     return True
-                if pid == 0:
+                if waited == 0:
                     return False
+        # Pids (of threads too) are handed out in order: if the last one handed out
+        # in this namespace is still the child's, the call started no process or
+        # thread, and only the child itself needs a look; else every process does.
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "rb") as handle:
+                alone = int(handle.read()) == pid
+        except (OSError, ValueError):
+            alone = False
         ours = {1, os.getpid(), os.getppid()}
-        for entry in os.listdir("/proc"):
+        for entry in [str(pid)] if alone else os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in ours:
                 continue
             try:
-                tasks = os.listdir(f"/proc/{entry}/task")
+                tasks = [entry] if alone else os.listdir(f"/proc/{entry}/task")
             except OSError:
                 continue  # gone
             for task in tasks:
@@ -1973,6 +2018,9 @@ class Worker:
         mib = 1 << 20
         settings = [
             (resource.RLIMIT_CORE, 0, 0),
+            # POSIX message queues outlive the call, and no listing of them is
+            # reachable here to remove them after it: a tool may create none.
+            (resource.RLIMIT_MSGQUEUE, 0, 0),
             (resource.RLIMIT_CPU, limits.get("cpu_s"), None),
             (resource.RLIMIT_AS, limits.get("memory_mb"), mib),
             (resource.RLIMIT_FSIZE, limits.get("file_size_mb"), mib),
