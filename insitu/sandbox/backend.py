@@ -832,8 +832,9 @@ def degraded_statement(root: bool, read_search: bool) -> str:
         "write root-owned files, signal the host or exceed its process limit), and hands each "
         "call's workdir to that uid alone (mode 0700: other tools cannot reach it)"
         if root
-        else "runs each tool as the host's own user (no uid separation: process limits are "
-        "not enforced and the tool can signal the host's processes)"
+        else "runs each tool as the host's own user (no uid separation: its process limit is "
+        "the user's current count plus a margin, shared with everything else the user runs, "
+        "and the tool can signal the host's processes)"
     )
     read_text = (
         " The sandbox uid keeps CAP_DAC_READ_SEARCH because the Python installation is not "
@@ -998,7 +999,8 @@ def _probe(python: str, uid_range: tuple[int, int]) -> BackendInfo:
         + (
             "; each tool runs under a dedicated unprivileged uid."
             if root
-            else "; user namespace, no uid separation (process limits count the host user)."
+            else "; user namespace, no uid separation (the process limit counts the sandbox's "
+            "own processes on Linux >= 5.14, none on older kernels)."
         ),
         "degraded": degraded_statement(root, read_search),
     }
