@@ -40,7 +40,10 @@ class EpisodeResult(BaseModel):
     task_id: str
     thread_id: str
     answer: str
-    status: str = Field(description="completed | incomplete | failed | awaiting_review")
+    status: str = Field(
+        description="completed | incomplete | failed, or paused: awaiting_review (a tool "
+        "review) | paused (pause_before)"
+    )
     tools_used: list[str] = Field(default_factory=list)
     tools_created: list[str] = Field(default_factory=list)
     tools_repaired: list[str] = Field(default_factory=list)
@@ -52,8 +55,9 @@ class EpisodeResult(BaseModel):
     )
     review: dict[str, Any] | None = Field(
         default=None,
-        description="The tools awaiting a reviewer's decision (status awaiting_review); "
-        "resume with run_task(None, thread_id=..., resume=decisions).",
+        description="What the paused run waits for: the tools awaiting a reviewer's decision "
+        "(awaiting_review), or the step it paused before (paused); resume with "
+        "run_task(None, thread_id=..., resume=...).",
     )
     rejected_tools: list[dict[str, Any]] = Field(
         default_factory=list, description="Tools a reviewer kept out of the library."
@@ -93,6 +97,13 @@ def sqlite_checkpointer(
         yield SqliteSaver(conn)
     finally:
         conn.close()
+
+
+def _paused_status(payload: dict[str, Any]) -> str:
+    """The status of a run that an interrupt paused: a tool review, or ``pause_before``."""
+    from insitu.nodes.common import PAUSE_KIND
+
+    return "paused" if payload.get("kind") == PAUSE_KIND else "awaiting_review"
 
 
 def run_task(
@@ -217,7 +228,7 @@ def run_task(
         task_id=final.get("task_id") or thread or "",
         thread_id=thread or "",
         answer=final.get("answer", ""),
-        status="awaiting_review" if review else final.get("status", "failed"),
+        status=_paused_status(review) if review else final.get("status", "failed"),
         tools_used=final.get("tools_used", []),
         tools_created=final.get("tools_created", []),
         tools_repaired=final.get("tools_repaired", []),

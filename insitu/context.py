@@ -253,6 +253,13 @@ class InsituContext:
         "for the batch graph to absorb.",
         "store",
     )
+    pause_before: list[str] = _describe(
+        "Episode steps to pause before (a LangGraph interrupt), e.g. ['execute_task']: inspect "
+        "or edit the state, then resume. Steps: plan_task, build_tools, execute_task, "
+        "write_answer. In a batch this needs the episodes' checkpoints (episode_checkpoints; "
+        "the batch graph served to Studio keeps them).",
+        factory=list,
+    )
     tool_approval: Literal["none", "new", "all"] = _describe(
         "Human approval before tools enter the library: 'none'; 'new' (new tools); 'all' (new "
         "tools, repairs and merges). The run pauses (a LangGraph interrupt) until each is "

@@ -523,7 +523,13 @@ def _run_batch_graph(
         if batch_finished(values):
             return values
     thread = config["configurable"]["thread_id"]
-    raise RuntimeError(f"the batch graph of {thread} stopped before its last node")
+    errors = sorted({r["error"] for r in values.get("results") or [] if r.get("error")})
+    raise RuntimeError(
+        f"the batch graph of {thread} stopped before its last node "
+        f"({len(values.get('results') or [])} result(s)"
+        + (f"; errors: {'; '.join(errors)[:500]}" if errors else "")
+        + ")"
+    )
 
 
 def _stream_batch(

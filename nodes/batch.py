@@ -25,6 +25,7 @@ from typing import Any
 
 from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from insitu.context import InsituContext
 from insitu.events import emit
@@ -87,12 +88,13 @@ def schedule_tasks(state: dict[str, Any], runtime: Runtime[InsituContext]) -> di
     return {"wave_size": settings(runtime).batch_concurrency}
 
 
-def episode_crashed(state: dict[str, Any], error: NodeError) -> dict[str, Any]:
+def episode_crashed(state: dict[str, Any], error: NodeError) -> Command:
     """Error handler of the batch's episode node: a task whose episode raised fails alone.
 
     Its result says why (``error_kind: "internal"``; an endpoint error that escaped
-    the roles is ``endpoint``); the other tasks, absorbing and the commit go on.
-    LangGraph never sends it an interrupt.
+    the roles is ``endpoint``); the other tasks, absorbing and the commit go on: the
+    handler goes on to ``schedule_tasks`` itself, as the episode's own edge would
+    have (a handler does not follow it). LangGraph never sends it an interrupt.
 
     Args:
         state: The episode's input (``task``, ``task_id``, ``files``).
@@ -110,4 +112,4 @@ def episode_crashed(state: dict[str, Any], error: NodeError) -> dict[str, Any]:
         task_id=task["id"],
         error_kind=result["error_kind"],
     )
-    return {"results": [result]}
+    return Command(update={"results": [result]}, goto="schedule_tasks")

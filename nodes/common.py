@@ -12,6 +12,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from insitu.context import InsituContext
 from insitu.events import emit
@@ -160,6 +161,21 @@ def echoes_prompt(text: str, prompt: Sequence[BaseMessage]) -> bool:
         if line.startswith("## ")
     }
     return any(line.strip() in headings for line in text.splitlines())
+
+
+#: The ``kind`` of the payload of a pause set with ``pause_before``.
+PAUSE_KIND = "insitu.pause"
+
+
+def pause_point(step: str, state: EpisodeState, context: InsituContext) -> None:
+    """Pause before ``step`` when the settings ask for it (``pause_before``).
+
+    A LangGraph interrupt: Studio (or any client) shows the payload, the state
+    can be inspected or edited, and resuming (with any value) runs the step.
+    The step calls this first, so running it again on resume pauses no more.
+    """
+    if step in context.pause_before:
+        interrupt({"kind": PAUSE_KIND, "step": step, "task_id": state.get("task_id")})
 
 
 def deadline_update(state: EpisodeState) -> dict[str, Any]:

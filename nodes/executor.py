@@ -35,6 +35,7 @@ from insitu.nodes.common import (
     echoes_prompt,
     failure_update,
     files_section,
+    pause_point,
     prompt_messages,
     render_prompt,
     settings,
@@ -469,6 +470,7 @@ def execute_task(
         when the model endpoint failed.
     """
     context = settings(runtime)
+    pause_point("execute_task", state, context)
     recorder = _Recorder(state.get("rounds", 1))
     usage = TokenUsage()
     tools, missing = bind_tools(state, services, context, recorder)

@@ -21,6 +21,7 @@ from insitu.nodes.common import (
     compact_json,
     echoes_prompt,
     failure_update,
+    pause_point,
     prompt_messages,
     settings,
     usage_update,
@@ -85,6 +86,7 @@ def write_answer(
         Update: ``answer``, ``status`` (completed / incomplete / failed) and usage.
     """
     context = settings(runtime)
+    pause_point("write_answer", state, context)
     failure = state.get("failure")
     if failure:
         emit("answered", "no answer: the model endpoint failed", status="failed")

@@ -26,6 +26,7 @@ from insitu.nodes.common import (
     deadline_update,
     failure_update,
     files_section,
+    pause_point,
     prompt_messages,
     settings,
     usage_update,
@@ -209,6 +210,7 @@ def plan_task(
         or ``failure`` when the model endpoint failed.
     """
     context = settings(runtime)
+    pause_point("plan_task", state, context)
     rounds = state.get("rounds", 0) + 1
     candidates = retrieve_candidates(state, services, context)
     emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))

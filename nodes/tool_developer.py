@@ -30,6 +30,7 @@ from insitu.nodes.common import (
     deadline_update,
     failure_update,
     model_caller,
+    pause_point,
     prompt_messages,
     settings,
     usage_update,
@@ -365,6 +366,7 @@ def build_tools(
         ``build_failures``, ``build_outcome`` and token usage; ``requests`` cleared.
     """
     context = settings(runtime)
+    pause_point("build_tools", state, context)
     requests = list(state.get("requests") or [])
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(requests)))) as pool:
         # Each build runs in a copy of this node's context so that its progress

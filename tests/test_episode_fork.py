@@ -19,7 +19,10 @@ MEAN_TASK = "What is the mean of 3, 5, 10 and 2?"
 @pytest.mark.parametrize("node", ["plan_task", "build_tools", "execute_task", "write_answer"])
 def test_every_node_can_be_the_as_node_of_update_state(node, store, sandbox) -> None:
     graph = create_episode_graph(
-        checkpointer=InMemorySaver(), models=ScriptedTeam().model(), tool_store=store, sandbox=sandbox
+        checkpointer=InMemorySaver(),
+        models=ScriptedTeam().model(),
+        tool_store=store,
+        sandbox=sandbox,
     )
     config = {"configurable": {"thread_id": f"fork-{node}"}}
     context = {"store_dir": str(store.path)}
@@ -45,3 +48,50 @@ def test_routers_read_state_only() -> None:
     assert route_after_execution(tool_failed) == "write_answer"
     failed = {"failure": {"kind": "endpoint"}, "requests": [{"name": "t"}], "replans_left": 3}
     assert route_after_execution(failed) == "write_answer"
+
+
+def test_pause_before_a_step_inside_every_task_of_a_batch(store, sandbox) -> None:
+    """``pause_before`` interrupts inside a batch's tasks (their own checkpoints kept)."""
+    from langgraph.types import Command
+
+    from insitu.graphs.evolve import create_evolve_graph
+    from insitu.nodes.common import PAUSE_KIND
+
+    graph = create_evolve_graph(
+        models=ScriptedTeam().model(),
+        tool_store=store,
+        sandbox=sandbox,
+        checkpointer=InMemorySaver(),
+        episode_checkpoints=True,
+    )
+    config = {"configurable": {"thread_id": "paused-batch"}}
+    context = {"store_dir": str(store.path), "pause_before": ["execute_task"]}
+    tasks = [
+        {"id": "a", "question": MEAN_TASK},
+        {"id": "b", "question": "How many days from 2024-01-01 to 2024-03-01?"},
+    ]
+    graph.invoke({"tasks": tasks, "batch_id": "p1"}, config, context=context)
+    paused = graph.get_state(config).interrupts
+    assert sorted(i.value["task_id"] for i in paused) == ["a", "b"]
+    assert {i.value["kind"] for i in paused} == {PAUSE_KIND}
+    assert store.count() == 0
+    final = graph.invoke(Command(resume={i.id: "go" for i in paused}), config, context=context)
+    assert sorted(r["status"] for r in final["results"]) == ["completed", "completed"]
+    assert store.count() == 2
+
+
+def test_run_task_reports_a_pause_and_resumes(store, sandbox) -> None:
+    from insitu.api import run_task
+
+    saver = InMemorySaver()
+    common = {
+        "models": ScriptedTeam().model(),
+        "tool_store": store,
+        "sandbox": sandbox,
+        "context": {"store_dir": str(store.path), "pause_before": ["write_answer"]},
+        "checkpointer": saver,
+    }
+    paused = run_task(MEAN_TASK, **common)
+    assert paused.status == "paused" and paused.review["step"] == "write_answer"
+    done = run_task(None, thread_id=paused.thread_id, resume="go", **common)
+    assert done.status == "completed" and done.answer == "mean 5, median 4"

@@ -194,14 +194,31 @@ def test_an_episode_that_raises_fails_alone_with_its_kind(error, kind) -> None:
 
     from insitu.nodes.batch import episode_crashed
 
-    update = episode_crashed({"task": MEAN, "task_id": "t0"}, NodeError("solve_task", error))
-    (result,) = update["results"]
+    command = episode_crashed({"task": MEAN, "task_id": "t0"}, NodeError("solve_task", error))
+    assert command.goto == "schedule_tasks"  # the batch goes on
+    (result,) = command.update["results"]
     assert result["task_id"] == "t0"
     assert result["status"] == "failed" and result["error_kind"] == kind
     assert result["error"] and "\n" not in result["error"]
     if kind == "endpoint":
         assert result["failure"]["kind"] == "endpoint"
         assert result["error"] == result["failure"]["message"]
+
+
+def test_a_batch_whose_every_task_crashes_still_finishes(store, sandbox) -> None:
+    def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
+        raise RuntimeError("unexpected")
+
+    with pytest.MonkeyPatch.context() as patch:
+        # An internal error, not an endpoint failure: prepare_workspace itself raises.
+        from insitu.nodes import workspace
+
+        patch.setattr(workspace, "check_task", lambda state: 1 / 0)
+        final = run_batch(store, sandbox, ScriptedChatModel(responder=responder), tasks_of(MEAN))
+    (result,) = final["results"]
+    assert result["status"] == "failed" and result["error_kind"] == "internal"
+    assert "ZeroDivisionError" in result["error"]
+    assert final["finished_at"]
 
 
 def test_a_task_of_a_batch_is_a_subgraph_that_can_be_inspected(store, sandbox) -> None:

@@ -166,25 +166,30 @@ def test_every_graph_has_its_schemas_in_studio(studio: tuple[str, Path]) -> None
         assert "properties" in schemas["context_schema"]
 
 
-def test_state_can_be_edited_at_a_node_through_the_sdk(studio: tuple[str, Path]) -> None:
-    """Studio's "edit state" and fork: ``update_state(as_node=...)`` then resume."""
+@pytest.mark.parametrize("node", ["plan_task", "build_tools", "execute_task", "write_answer"])
+def test_state_can_be_edited_at_any_node_through_the_sdk(
+    studio: tuple[str, Path], tmp_path: Path, node: str
+) -> None:
+    """Studio's "edit state" and fork: ``update_state(as_node=...)`` at every node, then resume."""
     from langgraph_sdk import get_sync_client
 
     url, _ = studio
     client = get_sync_client(url=url)
     thread = client.threads.create()
+    context = {"store_dir": str(tmp_path / "fresh")}  # a new library: the tool gets built
     client.runs.wait(
         thread["thread_id"],
         "episode",
         input={"task": "Compute the average of 12, 7 and 20"},
-        interrupt_before=["execute_task"],
+        context=context,
+        interrupt_before=[node],
     )
-    state = client.threads.get_state(thread["thread_id"])
-    assert state["next"] == ["execute_task"]
-    client.threads.update_state(
-        thread["thread_id"], {"guidance": "Call the tool once."}, as_node="plan_task"
-    )
-    final = client.runs.wait(thread["thread_id"], "episode", input=None)
+    assert client.threads.get_state(thread["thread_id"])["next"] == [node]
+    edit = {"guidance": "Call the tool once."}
+    if node == "write_answer":
+        edit = {"answer": "mean 13 (by hand)", "status": "completed"}
+    client.threads.update_state(thread["thread_id"], edit, as_node=node)
+    final = client.runs.wait(thread["thread_id"], "episode", input=None, context=context)
     assert final["status"] == "completed", final
 
 
@@ -214,3 +219,26 @@ def test_a_tool_review_is_shown_and_resumed_through_the_sdk(
     assert final["tools_created"] == ["summarize_numbers"]
     with ToolStore.open(tmp_path / "reviewed", read_only=True) as store:
         assert store.get("summarize_numbers").version == 1
+
+
+def test_a_batch_task_is_paused_inside_and_resumed_through_the_sdk(
+    studio: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A task of a batch is a subgraph: Studio can stop inside it and go on."""
+    from langgraph_sdk import get_sync_client
+
+    url, _ = studio
+    client = get_sync_client(url=url)
+    thread = client.threads.create()
+    context = {"store_dir": str(tmp_path / "batch"), "pause_before": ["execute_task"]}
+    tasks = [{"id": "a", "question": "Compute the average of 4 and 8"}]
+    client.runs.wait(
+        thread["thread_id"], "evolve", input={"tasks": tasks, "batch_id": "p"}, context=context
+    )
+    [paused] = client.threads.get_state(thread["thread_id"])["interrupts"]
+    assert paused["value"]["step"] == "execute_task" and paused["value"]["task_id"] == "a"
+    final = client.runs.wait(
+        thread["thread_id"], "evolve", command={"resume": {paused["id"]: "go"}}, context=context
+    )
+    assert [r["status"] for r in final["results"]] == ["completed"]
+    assert final["commit"]["applied"]
