@@ -74,3 +74,20 @@ def test_model_calls_are_tagged_for_chat_uis(tmp_path) -> None:
             answer.append(chunk.content)
     assert internal == {"plan_task", "build_tools", "execute_task", "summarize_episode"}
     assert "".join(answer) == "mean 5, median 4"
+
+
+def test_run_task_on_event_gets_the_reflection_subgraphs_events(tmp_path) -> None:
+    from insitu import run_task
+    from insitu.testing.team import ScriptedTeam
+
+    events: list[dict] = []
+    run_task(
+        "What is the mean of 3, 5, 10 and 2?",
+        models=ScriptedTeam().model(),
+        context={"store_dir": str(tmp_path / "store"), "embedding": "hashing"},
+        on_event=events.append,
+        checkpoint=False,
+    )
+    kinds = [e["event"] for e in events]
+    assert "answered" in kinds  # the episode graph's own
+    assert "committed" in kinds  # emitted inside the reflection subgraph
