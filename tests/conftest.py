@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +56,41 @@ def run_episode(
         return result, events
 
     return run
+
+
+@contextmanager
+def _greeting_server(host: str) -> Iterator[int]:
+    """A TCP server on ``host`` that greets each client ("hello from the host"); yields its port.
+
+    The sandbox tests use it as a service on the host that a tool must (not) reach.
+    """
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"hello from the host")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(2)
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def greeting_server() -> Callable[[str], Any]:
+    """``with greeting_server(host) as port:`` a TCP service on the host for sandbox tests."""
+    return _greeting_server

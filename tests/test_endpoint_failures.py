@@ -99,9 +99,7 @@ def _solve(store: ToolStore, sandbox: Any, server: ScriptedOpenAIServer, **extra
         (Truncated("The mean is"), "cut off"),
     ],
 )
-def test_junk_from_the_executor_is_never_completed(
-    endpoint, store, sandbox, fault, why
-) -> None:
+def test_junk_from_the_executor_is_never_completed(endpoint, store, sandbox, fault, why) -> None:
     server = endpoint(FaultyTeam(fault, role="You are the Executor"))
     result = _solve(store, sandbox, server)
     assert result.status == "incomplete"

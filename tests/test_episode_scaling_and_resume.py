@@ -83,7 +83,9 @@ def test_interrupted_episode_resumes_from_its_checkpoint(tmp_path: Path) -> None
             assert store.count() == 0
         planned = team.role_calls["manager"]
         # A new process would do exactly this: resume the thread from the checkpoint file.
-        result = run_task(None, thread_id="t1", models=team.model(), tool_store=store, context=context)
+        result = run_task(
+            None, thread_id="t1", models=team.model(), tool_store=store, context=context
+        )
         assert result.status == "completed"
         assert result.answer == "mean 5, median 4"
         assert team.role_calls["manager"] == planned  # the plan was not made again
@@ -118,7 +120,12 @@ def test_an_episode_resumed_after_its_statistics_counts_each_call_once(
 
         store.record_calls = record_then_crash  # type: ignore[method-assign]
         context = {"store_dir": str(tmp_path)}
-        kwargs = {"models": team.model(), "tool_store": store, "sandbox": sandbox, "context": context}
+        kwargs = {
+            "models": team.model(),
+            "tool_store": store,
+            "sandbox": sandbox,
+            "context": context,
+        }
         with pytest.raises(RuntimeError):
             run_task("What is the mean of 3, 5, 10 and 2?", thread_id="t1", **kwargs)
         assert crashed and store.get("summarize_numbers").stats.calls == 1

@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import socket
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -476,29 +475,10 @@ def test_private_tmp_under_bwrap(workdir: Path) -> None:
 
 
 @pytest.fixture
-def tcp_server() -> Iterator[int]:
+def tcp_server(greeting_server: Callable[[str], Any]) -> Iterator[int]:
     """A loopback TCP server that greets each client; yields its port."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"hello from the host")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(2)
-    server.close()
+    with greeting_server("127.0.0.1") as port:
+        yield port
 
 
 def connect_body(port: int) -> str:

@@ -20,9 +20,8 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -425,30 +424,10 @@ def public_hosts() -> Iterator[tuple[FakeHost, FakeHost]]:
 
 
 @pytest.fixture(scope="module")
-def host_server() -> Iterator[int]:
+def host_server(greeting_server: Callable[[str], Any]) -> Iterator[int]:
     """A TCP server of the host on every address (0.0.0.0), greeting each client."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"hello from the host")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(2)
-    server.close()
+    with greeting_server("0.0.0.0") as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -222,4 +222,4 @@ def test_insitu_evolve_pauses_then_resumes_after_the_decisions(tmp_path) -> None
         json.loads(line)["tools_created"]
         for line in (tmp_path / "run" / "predictions.jsonl").open()
     ]
-    assert sorted(sum(created, [])) == ["summarize_numbers"]
+    assert sorted(name for names in created for name in names) == ["summarize_numbers"]
