@@ -689,3 +689,25 @@ def test_prewarm_starts_the_worker_the_first_call_then_uses(
 
 def test_prewarm_of_an_unusable_directory_is_silent(sandbox: Sandbox) -> None:
     sandbox.prewarm(Path("/usr"))  # read-only for tools: refused later, never raised here
+
+
+def test_a_sandbox_process_that_does_not_start_says_what_it_printed(tmp_path: Path) -> None:
+    from insitu.sandbox.worker import SandboxProcess, WorkerError
+
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stderr.write('bwrap: cannot set up lo'); exit(1)",
+    ]
+    with pytest.raises(WorkerError) as caught:
+        SandboxProcess(
+            argv,
+            env=None,
+            cwd=str(tmp_path),
+            lease=None,
+            key=("test",),
+            backend="bwrap",
+            startup_timeout_s=5,
+            max_frame_bytes=1 << 20,
+        )
+    assert "bwrap: cannot set up lo" in caught.value.message

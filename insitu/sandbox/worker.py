@@ -95,9 +95,10 @@ class SandboxProcess:
         try:
             ready = self._read_frame(time.monotonic() + startup_timeout_s)
         except WorkerError as exc:
+            tail = self._tail()  # before close(), which closes the stderr file
             self.close(graceful=False)
             raise WorkerError(
-                "sandbox", f"the sandbox process did not start ({exc.message}){self._tail()}"
+                "sandbox", f"the sandbox process did not start ({exc.message}){tail}"
             ) from None
         if not isinstance(ready, dict) or not ready.get("ready"):
             self.close(graceful=False)
