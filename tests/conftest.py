@@ -94,3 +94,11 @@ def _greeting_server(host: str) -> Iterator[int]:
 def greeting_server() -> Callable[[str], Any]:
     """``with greeting_server(host) as port:`` a TCP service on the host for sandbox tests."""
     return _greeting_server
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory for a tool call."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path

@@ -26,6 +26,7 @@ from insitu.sandbox import (
     runner,
 )
 from insitu.sandbox import backend as backends
+from insitu.testing.probe import probe_tool
 
 INFO = probe_backend()
 BACKENDS = [
@@ -79,29 +80,8 @@ def run(text: str, sep: str = ",") -> int:
 
 
 def tool(body: str, name: str = "probe_tool", imports: str = "") -> str:
-    """A tool whose run() executes ``body`` (indented) and returns {"value": value}."""
-    indented = "\n".join("    " + line for line in body.strip().splitlines())
-    return f'''
-import os, sys, json, time
-{imports}
-from typing import Any
-from pydantic import BaseModel
-
-__TOOL_META__ = {{"name": "{name}", "description": "Test tool.", "dependencies": []}}
-
-
-class InputModel(BaseModel):
-    arg: Any = None
-
-
-class OutputModel(BaseModel):
-    value: Any = None
-
-
-def run(input: InputModel) -> OutputModel:
-{indented}
-    return OutputModel(value=value)
-'''
+    """A tool whose run() executes ``body`` and returns {"value": value}."""
+    return probe_tool(body, name=name, modules="os, sys, json, time", imports=imports)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import pytest
 from insitu.sandbox import ErrorKind, Sandbox, SandboxSettings, ToolEnvironment, probe_backend
 from insitu.sandbox import backend as backends
 from insitu.sandbox.runner import landlock_abi
+from insitu.testing.probe import fork_bomb, probe_tool
 
 INFO = probe_backend()
 BWRAP = pytest.param(
@@ -45,21 +45,7 @@ needs_bwrap = pytest.mark.skipif(not INFO.bwrap_works, reason="needs the bubblew
 
 def tool(body: str, imports: str = "") -> str:
     """A tool whose run() executes ``body`` and returns ``{"value": value}``."""
-    indented = textwrap.indent(textwrap.dedent(body).strip(), "    ")
-    return f"""
-import os, sys, time
-{imports}
-from typing import Any
-from pydantic import BaseModel
-__TOOL_META__ = {{"name": "probe_tool", "description": "Probes the sandbox.", "dependencies": []}}
-class InputModel(BaseModel):
-    arg: Any = None
-class OutputModel(BaseModel):
-    value: Any = None
-def run(input: InputModel) -> OutputModel:
-{indented}
-    return OutputModel(value=value)
-"""
+    return probe_tool(body, imports=imports)
 
 
 def value_of(sandbox: Sandbox, body: str, workdir: Path, arg: object = None) -> object:
@@ -77,13 +63,6 @@ def read_attempt(path: str) -> str:
     except OSError as exc:
         value = type(exc).__name__
     """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -438,20 +417,7 @@ print(json.dumps(results))
 """
 # A fork bomb bounded at 200 processes, so that a regression cannot take the
 # machine down: it reports how many processes it got.
-BOMB = tool("""
-children = []
-try:
-    for _ in range(200):
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(30)
-            os._exit(0)
-        children.append(pid)
-except OSError as exc:
-    value = [len(children), str(exc)]
-else:
-    value = [len(children), "no limit"]
-""")
+BOMB = tool(fork_bomb(200))
 NEXT = tool("value = [os.getuid(), sorted(os.listdir('/tmp'))]")
 # A process that leaves its session and keeps writing, in the workdir and in /tmp.
 DAEMON = tool("""

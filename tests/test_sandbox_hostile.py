@@ -19,6 +19,7 @@ import pytest
 
 from insitu.sandbox import ErrorKind, Sandbox, SandboxSettings, probe_backend
 from insitu.sandbox import backend as backends
+from insitu.testing.probe import fork_bomb, probe_tool
 
 INFO = probe_backend()
 BWRAP = pytest.param(
@@ -54,33 +55,13 @@ def run(input: InputModel) -> OutputModel:
 
 def hostile(body: str) -> str:
     """A tool whose run() executes ``body`` and returns {"value": value}."""
-    indented = "\n".join("    " + line for line in body.strip().splitlines())
-    return f"""
-import ctypes, os, signal, socket, sys, time
-from typing import Any
-from pydantic import BaseModel
-__TOOL_META__ = {{"name": "hostile_tool", "description": "Misbehaves.", "dependencies": []}}
-class InputModel(BaseModel):
-    arg: Any = None
-class OutputModel(BaseModel):
-    value: Any = None
-def run(input: InputModel) -> OutputModel:
-{indented}
-    return OutputModel(value=value)
-"""
+    return probe_tool(body, name="hostile_tool", modules="ctypes, os, signal, socket, sys, time")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     with Sandbox(SandboxSettings(backend=request.param, **SETTINGS)) as sb:
         yield sb
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def assert_next_call_works(sandbox: Sandbox, workdir: Path, warm: bool = True) -> None:
@@ -204,20 +185,7 @@ while True:
 
 @pytest.mark.skipif(not ROOT, reason="process limits need a dedicated uid (run as root)")
 def test_process_limit_is_enforced(sandbox: Sandbox, workdir: Path) -> None:
-    body = """
-children = []
-try:
-    for _ in range(500):
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(30)
-            os._exit(0)
-        children.append(pid)
-except OSError as exc:
-    value = [len(children), str(exc)]
-else:
-    value = [len(children), "no limit"]
-"""
+    body = fork_bomb(500)
     out = sandbox.call(hostile(body), {}, workdir=workdir)
     assert out.ok, out
     count, error = out.output["value"]

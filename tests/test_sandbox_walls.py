@@ -20,6 +20,7 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import pytest
 
 from insitu.sandbox import ErrorKind, Sandbox, SandboxSettings, netns, probe_backend, seccomp
 from insitu.sandbox import backend as backends
+from insitu.testing.probe import probe_tool
 
 INFO = probe_backend()
 ROOT = backends.is_root()
@@ -62,27 +64,21 @@ def require_network() -> None:
     require(helper is not None, problem)
 
 
+#: Prepended to every wall probe: ``call(number, *args)`` makes a raw system call and
+#: returns its result, or the errno's name when it fails.
+SYSCALL = """
+libc = ctypes.CDLL(None, use_errno=True)
+def call(number, *args):
+    result = libc.syscall(number, *args)
+    return errno.errorcode.get(ctypes.get_errno(), "?") if result == -1 else result
+"""
+
+
 def tool(body: str, network: bool = False) -> str:
     """A tool whose run() executes ``body`` and returns {"value": value}."""
-    indented = "\n".join("    " + line for line in body.strip().splitlines())
-    return f"""
-import ctypes, errno, json, os, socket, subprocess, sys, threading, time
-from typing import Any
-from pydantic import BaseModel
-__TOOL_META__ = {{"name": "wall_probe", "description": "Probes the walls.",
-                 "dependencies": [], "network": {network!r}}}
-class InputModel(BaseModel):
-    arg: Any = None
-class OutputModel(BaseModel):
-    value: Any = None
-def run(input: InputModel) -> OutputModel:
-    libc = ctypes.CDLL(None, use_errno=True)
-    def call(number, *args):
-        result = libc.syscall(number, *args)
-        return errno.errorcode.get(ctypes.get_errno(), "?") if result == -1 else result
-{indented}
-    return OutputModel(value=value)
-"""
+    modules = "ctypes, errno, json, os, socket, subprocess, sys, threading, time"
+    source = SYSCALL + textwrap.dedent(body).strip()
+    return probe_tool(source, name="wall_probe", modules=modules, network=network)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +86,6 @@ def sandbox() -> Iterator[Sandbox]:
     require_bwrap()
     with Sandbox(SandboxSettings(backend="bwrap", **SETTINGS)) as sb:
         yield sb
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 # -- the filter program itself ---------------------------------------------------------
