@@ -141,7 +141,7 @@ def package_output(state: EpisodeState, *, output_key: str) -> dict[str, Any]:
     """
     output = {key: state[key] for key in EpisodeOutput.__annotations__ if key in state}
     failure = state.get("failure") or {}
-    output["error"] = " ".join(failure["message"].split()) if failure else None
+    output["error"] = failure.get("message")  # one line already (see EpisodeFailure)
     output["error_kind"] = failure.get("kind")
     if state.get("started_at") is not None:
         output["wall_time_s"] = round(time.time() - state["started_at"], 3)

@@ -115,7 +115,7 @@ class EpisodeFailure(TypedDict):
     """
 
     kind: Literal["endpoint", "timeout"]
-    message: str
+    message: str  # one line
     role: NotRequired[str]
     model: NotRequired[str]
     url: NotRequired[str]

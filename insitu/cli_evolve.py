@@ -73,11 +73,11 @@ class BatchReviews:
             from insitu.cli_review import review_interactively
 
             return review_interactively(review)
-        from insitu.reviews import decisions_for, load
+        from insitu.reviews import complete_decisions, load
 
         for thread, entry in load(self.store_dir).items():
             if entry["review"].get("batch_id") == review.get("batch_id"):
-                decisions = decisions_for(self.store_dir, thread)
+                decisions = complete_decisions(entry)
                 if decisions is not None:
                     self._answered.append(thread)
                 return decisions

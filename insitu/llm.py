@@ -269,6 +269,20 @@ def needs_bind_tools(model: Any) -> bool:
     return method is None or method is BaseChatModel.bind_tools
 
 
+def require_tool_calling(model: Any, role: str = "executor") -> None:
+    """Fail with what to do when a role's model cannot call tools natively.
+
+    Raises:
+        ConfigurationError: ``model`` does not implement ``bind_tools``.
+    """
+    if needs_bind_tools(model):
+        raise ConfigurationError(
+            f"the {role}'s model ({type(model).__name__}) cannot call tools: it does not "
+            "implement bind_tools. Pass a chat model with tool calling, or set "
+            "tool_calling='text' to use the JSON text protocol."
+        )
+
+
 # --------------------------------------------------------------------- calling models
 
 

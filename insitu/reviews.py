@@ -114,8 +114,11 @@ def decide(
 def decisions_for(store_dir: str | Path, thread_id: str) -> dict[str, Any] | None:
     """The recorded decisions of a paused run, if every tool of its review has one."""
     entry = load(store_dir).get(thread_id)
-    if entry is None:
-        return None
+    return complete_decisions(entry) if entry is not None else None
+
+
+def complete_decisions(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A pending review's decisions, if every tool of it has one (else ``None``)."""
     names = [item["name"] for item in entry["review"].get("tools", [])]
     decided = entry["decisions"]
     return decided if all(n in decided for n in names) else None

@@ -208,15 +208,9 @@ class Services:
         """
         if context.tool_calling == "text" or not self.injected("executor"):
             return
-        from insitu.llm import needs_bind_tools
+        from insitu.llm import require_tool_calling
 
-        model = self.chat_model("executor", context)
-        if needs_bind_tools(model):
-            raise ConfigurationError(
-                f"the executor's model ({type(model).__name__}) cannot call tools: it does not "
-                "implement bind_tools. Pass a chat model with tool calling, or set "
-                "tool_calling='text' to use the JSON text protocol."
-            )
+        require_tool_calling(self.chat_model("executor", context))
 
     def store(self, context: InsituContext) -> ToolStore:
         """Return the tool store (injected, else this process's for ``store_dir``)."""

@@ -34,8 +34,6 @@ from insitu.nodes.common import settings
 
 #: ``error_kind`` of a result whose model endpoint failed.
 ENDPOINT = "endpoint"
-#: ``error_kind`` of a result whose episode ran past ``episode_timeout_s``.
-TIMEOUT = "timeout"
 #: ``error_kind`` of a result whose episode raised anything else.
 INTERNAL = "internal"
 
@@ -59,7 +57,8 @@ def failed_result(
         task: The batch task (``id`` is used).
         reason: Why; kept as ``error`` on one line.
         wall_time_s: How long the episode ran.
-        kind: The ``error_kind``: ``endpoint``, ``timeout`` or ``internal``.
+        kind: The ``error_kind``: ``endpoint`` or ``internal`` (a timeout is the
+            episode's own ``failure``, packaged with its output).
         failure: The endpoint failure record, for ``kind="endpoint"``.
     """
     return {

@@ -27,6 +27,7 @@ from insitu.llm import (
     ModelEndpointError,
     call_model,
     probe_tool_calling,
+    require_tool_calling,
     truncation_notice,
 )
 from insitu.nodes.common import (
@@ -326,21 +327,19 @@ def repair_requests(
     ]
 
 
-def tool_calling_mode(services: Services, context: InsituContext) -> str:
+def tool_calling_mode(model: Any, services: Services, context: InsituContext) -> str:
     """How this run's Executor calls tools: ``native`` or ``text`` (see ``tool_calling``).
 
     ``auto`` probes an endpoint-built model once per endpoint and model; a model
     passed from Python is taken as native.
 
     Raises:
-        ConfigurationError: Native tool calling with a model that has no ``bind_tools``
-            (see :meth:`Services.check_models`).
+        ConfigurationError: Native tool calling with a model that has no ``bind_tools``.
         ModelEndpointError: The probe's endpoint failed.
     """
     if context.tool_calling == "text":
         return "text"
-    services.check_models(context)
-    model = services.chat_model(ROLE, context)
+    require_tool_calling(model)
     if context.tool_calling == "native" or services.injected(ROLE):
         return "native"
     return "native" if probe_tool_calling(model, ROLE, context) else "text"
@@ -367,10 +366,10 @@ class _Round:
     def __init__(
         self,
         mode: str,
+        model: Any,
         state: EpisodeState,
         tools: dict[str, BaseTool],
         missing: list[str],
-        services: Services,
         context: InsituContext,
     ) -> None:
         self.mode = mode
@@ -392,7 +391,6 @@ class _Round:
             self.messages[
                 -1
             ].content += f"\n\nNote: these planned tools are unavailable: {', '.join(missing)}."
-        model = services.chat_model(ROLE, context)
         if mode == "native":
             model = model.bind_tools(
                 [*tools.values(), *REPORT_TOOLS.values()], tool_choice=context.tool_choice
@@ -474,11 +472,12 @@ def execute_task(
     recorder = _Recorder(state.get("rounds", 1))
     usage = TokenUsage()
     tools, missing = bind_tools(state, services, context, recorder)
+    model = services.chat_model(ROLE, context)
     try:
-        mode = tool_calling_mode(services, context)
+        mode = tool_calling_mode(model, services, context)
     except ModelEndpointError as exc:
         return {"usage": usage_update(ROLE, usage), **failure_update(exc)}
-    conversation = _Round(mode, state, tools, missing, services, context)
+    conversation = _Round(mode, model, state, tools, missing, context)
     used_before = bool(state.get("invocations"))
     report: ExecutorReport | None = None
     failure: dict[str, Any] = {}

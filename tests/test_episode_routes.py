@@ -385,3 +385,28 @@ def test_the_result_says_where_the_tools_ran(run_episode) -> None:
     assert result.sandbox["isolation"] == (
         "strong" if result.sandbox["backend"] == "bwrap" else "weak"
     )
+
+
+def test_an_executor_model_without_tool_calling_fails_at_start(store, sandbox) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from insitu.api import run_task
+    from insitu.llm import ConfigurationError
+
+    common = {"tool_store": store, "sandbox": sandbox, "checkpoint": False}
+    with pytest.raises(ConfigurationError, match="cannot call tools: it does not implement"):
+        run_task(
+            MEAN_TASK,
+            models=FakeListChatModel(responses=["x"]),
+            context={"store_dir": str(store.path)},
+            **common,
+        )
+    # The JSON text protocol needs no bind_tools: the same model runs the episode.
+    replies = ['{"bind": [], "requests": []}', '{"answer": "mean 5"}', "mean 5", "- noted"]
+    result = run_task(
+        MEAN_TASK,
+        models=FakeListChatModel(responses=replies),
+        context={"store_dir": str(store.path), "tool_calling": "text"},
+        **common,
+    )
+    assert result.status == "completed" and result.answer == "mean 5"

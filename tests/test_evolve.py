@@ -25,6 +25,7 @@ from insitu.testing.team import (
     SUMMARIZE_NUMBERS,
     Capability,
     ScriptedTeam,
+    prompt_text,
     scripted_stream,
 )
 from insitu.tool_store import ToolStore
@@ -78,16 +79,6 @@ SAMPLE_DESCRIBE = dataclasses.replace(
 )
 
 
-def prompt_of(messages: list[BaseMessage]) -> str:
-    """A role's prompt: its system and user messages, before any reply."""
-    parts = []
-    for message in messages:
-        if message.type in ("ai", "tool"):
-            break
-        parts.append(str(message.content))
-    return "\n\n".join(parts)
-
-
 def tasks_of(*questions: str) -> list[dict[str, str]]:
     return [{"id": f"t{i}", "question": q} for i, q in enumerate(questions)]
 
@@ -121,7 +112,7 @@ def test_parallel_episodes_never_see_each_others_local_tools(store, sandbox) -> 
     seen: dict[str, str] = {}
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        text = prompt_of(messages)
+        text = prompt_text(messages)
         if text.startswith("You are the Manager"):
             task = text.split("## Task\n", 1)[1].split("\n", 1)[0]
             seen[task] = text.split("## Candidate tools", 1)[1].split("\n## ", 1)[0]
@@ -148,7 +139,7 @@ def test_a_crashing_and_a_slow_episode_do_not_block_the_batch(store, sandbox) ->
     after_the_limit: list[str] = []
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        text = prompt_of(messages)
+        text = prompt_text(messages)
         if text.startswith("You are the Manager") and "crash" in text:
             raise RuntimeError("endpoint exploded")
         if text.startswith("You are the Manager") and "slow" in text:
@@ -271,7 +262,7 @@ def test_concurrency_limit_is_honoured(store, sandbox, limit, expected_max) -> N
     lock, active, peak = threading.Lock(), [0], [0]
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        if prompt_of(messages).startswith("You are the Manager"):
+        if prompt_text(messages).startswith("You are the Manager"):
             with lock:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
@@ -405,7 +396,7 @@ def test_malformed_aggregator_verdicts_keep_the_tools(minilm_store, sandbox) -> 
     team = ScriptedTeam(capabilities=(DESCRIBE, SUMMARIZE_NUMBERS))
 
     def responder(messages: list[BaseMessage], tools: list[dict]) -> Any:
-        if prompt_of(messages).startswith("You are the Aggregator"):
+        if prompt_text(messages).startswith("You are the Aggregator"):
             return '{"duplicates": [["summarize_numbers", "not_a_member"]]}'
         return team.respond(messages, tools)
 

@@ -37,18 +37,8 @@ from insitu.evolve import (
 from insitu.graphs.evolve import create_evolve_graph
 from insitu.llm import ModelEndpointError
 from insitu.testing import ScriptedChatModel
-from insitu.testing.team import ScriptedTeam, scripted_stream
+from insitu.testing.team import ScriptedTeam, prompt_text, scripted_stream
 from insitu.tool_store import ToolStore
-
-
-def prompt_of(messages: list[BaseMessage]) -> str:
-    """A role's prompt: its system and user messages, before any reply."""
-    parts = []
-    for message in messages:
-        if message.type in ("ai", "tool"):
-            break
-        parts.append(str(message.content))
-    return "\n\n".join(parts)
 
 
 class Endpoint:
@@ -68,7 +58,7 @@ class Endpoint:
         self._lock = threading.Lock()
 
     def respond(self, messages: list[BaseMessage], tools: list[dict]) -> Any:
-        prompt = prompt_of(messages)
+        prompt = prompt_text(messages)
         if self.down or (self.fails is not None and self.fails(prompt)):
             raise ConnectionError("connection refused")
         if prompt.startswith("You are the Manager"):
