@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from insitu.cli import main  # first: it registers the subcommands
-from insitu.cli_eval import find_data_dir
+from insitu.cli import main
+from insitu.cli.eval import find_data_dir
 from insitu.evals import scaling
 
 TOOLS = {
@@ -133,7 +133,7 @@ def test_retrieval_default_folder_absent_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("insitu.cli_eval.REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr("insitu.cli.eval.REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv("INSITU_DATA", raising=False)
     result = invoke("retrieval")
     assert result.exit_code == 2

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from insitu.cli import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_RUNTIME, main
+from insitu.cli import main
+from insitu.cli.common import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_RUNTIME
 from insitu.tool_store import ToolStore
 from insitu.tool_store.testing import catalogue_specs, make_spec
 

@@ -28,7 +28,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from insitu.api import run_task
-from insitu.cli import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_RUNTIME, main
+from insitu.cli import main
+from insitu.cli.common import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_RUNTIME
 from insitu.mcp_server import CallStatistics
 from insitu.sandbox import Sandbox
 from insitu.testing.team import DATE_DIFFERENCE, SUMMARIZE_NUMBERS, Capability, ScriptedTeam

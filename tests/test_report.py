@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from insitu.cli import EXIT_CONFIG, EXIT_OK, main
+from insitu.cli import main
+from insitu.cli.common import EXIT_CONFIG, EXIT_OK
 from insitu.report import (
     PLOTS,
     REPORT_FILE,

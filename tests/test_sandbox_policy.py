@@ -28,7 +28,8 @@ from click.testing import CliRunner, Result
 from langchain_core.messages import BaseMessage
 
 from insitu import services
-from insitu.cli import EXIT_CONFIG, EXIT_INCOMPLETE, main, sandbox_line
+from insitu.cli import main
+from insitu.cli.common import EXIT_CONFIG, EXIT_INCOMPLETE, sandbox_line
 from insitu.context import InsituContext
 from insitu.sandbox import Sandbox, SandboxSettings, probe_backend
 from insitu.sandbox import backend as backends

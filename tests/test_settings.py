@@ -20,7 +20,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from insitu.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, main
+from insitu.cli import main
+from insitu.cli.common import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME
 from insitu.context import (
     SETTING_NAMES,
     InsituContext,

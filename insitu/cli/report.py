@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, say, settings_options
+from insitu.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, err, fail, say, settings_options
 
 
 @click.command("report")

@@ -26,7 +26,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import (
+from insitu.cli.common import (
     EXIT_CONFIG,
     err,
     fail,
@@ -43,7 +43,7 @@ from insitu.context import InsituContext
 ENV_DATA = "INSITU_DATA"
 #: Where the shared data sits relative to the project root (or the current directory).
 SHARED_DATA = Path("..") / "shared" / "data"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class EvalGroup(click.Group):

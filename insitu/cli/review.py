@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from insitu.cli import EXIT_CONFIG, err, fail, out, say, settings_options
+from insitu.cli.common import EXIT_CONFIG, err, fail, out, say, settings_options
 from insitu.context import InsituContext
 
 

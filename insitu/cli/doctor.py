@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from insitu.cli import EXIT_OK, EXIT_RUNTIME, err, out, settings_options
+from insitu.cli.common import EXIT_OK, EXIT_RUNTIME, err, out, settings_options
 from insitu.context import InsituContext
 
 #: How each status is shown in the table.

@@ -11,7 +11,7 @@ import threading
 
 import click
 
-from insitu.cli import EXIT_OK, err, say, settings_options
+from insitu.cli.common import EXIT_OK, err, say, settings_options
 
 
 @click.command("scripted-endpoint")

@@ -16,7 +16,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from insitu.cli import (
+from insitu.cli.common import (
     EXIT_CONFIG,
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -221,12 +221,12 @@ def run(
         result = solve(settings, task, files=files, thread_id=thread, models=models, resume=resume)
         while result.status == "awaiting_review":
             if not approve:
-                from insitu.cli_review import pending_message
+                from insitu.cli.review import pending_message
 
                 command = f"insitu run --resume {thread}"
                 err.print(pending_message(settings.store_dir, thread, result.review, command))
                 raise SystemExit(EXIT_INCOMPLETE)
-            from insitu.cli_review import review_interactively
+            from insitu.cli.review import review_interactively
 
             decisions = review_interactively(result.review)
             result = solve(settings, None, thread_id=thread, models=models, resume=decisions)

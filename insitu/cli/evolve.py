@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from insitu.cli import (
+from insitu.cli.common import (
     EXIT_CONFIG,
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -70,7 +70,7 @@ class BatchReviews:
     def answer(self, review: dict[str, Any]) -> dict[str, Any] | None:
         """The decisions for a batch's review, or ``None`` when none are at hand."""
         if self.interactive:
-            from insitu.cli_review import review_interactively
+            from insitu.cli.review import review_interactively
 
             return review_interactively(review)
         from insitu.reviews import complete_decisions, load
@@ -223,7 +223,7 @@ def evolve_command(
                 on_review=reviews.answer,
             )
         except ReviewPending as exc:
-            from insitu.cli_review import pending_message
+            from insitu.cli.review import pending_message
 
             progress.stop()
             command = "the same insitu evolve command"

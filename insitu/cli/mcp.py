@@ -19,11 +19,11 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from insitu.cli import (
+from insitu.cli.common import (
     EXIT_CONFIG,
     EXIT_INCOMPLETE,
     EXIT_RUNTIME,
-    _cell,
+    cell,
     err,
     fail,
     opened_store,
@@ -258,8 +258,8 @@ def tools_add_mcp(
         for column in ("library name", "server's tool", "change"):
             table.add_column(column, overflow="fold")
         for library, remote in sorted(registration.tools.items()):
-            table.add_row(*map(_cell, (library, remote, changes.get(library, ""))))
+            table.add_row(*map(cell, (library, remote, changes.get(library, ""))))
         for archived in registration.archived:
-            table.add_row(*map(_cell, (archived, "-", "archived (no longer offered)")))
+            table.add_row(*map(cell, (archived, "-", "archived (no longer offered)")))
         out.print(table)
         say(registration.summary() + "; locked, they run in the server, not in the sandbox")
