@@ -81,15 +81,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def parameter_text(raw: dict[str, Any] | None) -> str:
-    """Render a tool's declared parameters as ``name (description); ...``.
+def dataset_inputs(raw: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``(name, description)`` of a dataset tool's declared parameters.
 
-    Parameter *names and descriptions* only, like the input fields a stored
-    tool contributes to its embedding text; example or default values are
-    left out (in some sets they repeat the query's own values).
+    The sets declare parameters either as a JSON schema (``parameters``) or as
+    ``required_parameters`` / ``optional_parameters`` lists; example or default
+    values are left out (in some sets they repeat the query's own values).
     """
-    from insitu.tool_store.text import name_words
-
     raw = raw or {}
     params: list[tuple[str, str]] = []
     declared = raw.get("parameters")
@@ -102,17 +100,16 @@ def parameter_text(raw: dict[str, Any] | None) -> str:
         for value in raw.get(key) or []:
             if isinstance(value, dict) and value.get("name"):
                 params.append((str(value["name"]), str(value.get("description") or "")))
-    return "; ".join(name_words(n) + (f" ({d.strip()})" if d.strip() else "") for n, d in params)
+    return params
 
 
-def tool_text(tool: dict[str, Any], *, with_params: bool = True) -> str:
-    """The indexed text of a dataset tool: name words, description, parameters."""
-    from insitu.tool_store.text import name_words
+def dataset_tool_text(tool: dict[str, Any], *, with_params: bool = True) -> str:
+    """The indexed text of a dataset tool: the store's own :func:`tool_text`."""
+    from insitu.tool_store.text import tool_text
 
     name = tool.get("name") or tool["tool_id"]
-    text = f"{name_words(name)}: {tool.get('text') or ''}".strip()
-    params = parameter_text(tool.get("raw")) if with_params else ""
-    return f"{text} Inputs: {params}." if params else text
+    inputs = dataset_inputs(tool.get("raw")) if with_params else []
+    return tool_text(name, tool.get("text") or "", inputs)
 
 
 def sample(items: Sequence[Any], limit: int | None) -> list[Any]:
@@ -196,7 +193,7 @@ def evaluate_set(
     queries = [q for q in queries if q.get("gold")]
     fn = get_embedding_function(embedding)
     cache = _VectorCache(cache_dir or Path(tempfile.gettempdir()) / "insitu-retrieval-cache", fn)
-    texts = [tool_text(t, with_params=with_params) for t in tools]
+    texts = [dataset_tool_text(t, with_params=with_params) for t in tools]
     started = time.perf_counter()
     vectors = cache.embed(texts, f"{set_dir.name}-tools")
     log(f"{set_dir.name}: {len(tools)} tools embedded in {time.perf_counter() - started:.1f} s")

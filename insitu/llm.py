@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from insitu.context import ROLES, InsituContext
-from insitu.events import emit
+from insitu.events import emit, emit_detail
 from insitu.structured import UNREADABLE_KEY
 
 if TYPE_CHECKING:
@@ -421,6 +421,7 @@ def call_model(
     attempt = 0
     config = {"tags": call_tags(role)}
     while True:
+        sent = time.monotonic()
         try:
             reply = model.invoke(list(messages), config=config)
         except Exception as exc:
@@ -466,7 +467,28 @@ def call_model(
             reply = AIMessage(content=str(getattr(reply, "content", reply)))
         if usage is not None:
             usage.add_response(reply)
+        _report_call(model, context, role, reply, time.monotonic() - sent)
         return reply
+
+
+def _report_call(
+    model: Any, context: InsituContext, role: str, reply: AIMessage, latency_s: float
+) -> None:
+    """One detail event per answered request: role, model, tokens, latency."""
+    name, _url = endpoint_of(model, context, role)
+    counts = reply.usage_metadata or {}
+    tokens_in, tokens_out = counts.get("input_tokens", 0), counts.get("output_tokens", 0)
+    finish = (reply.response_metadata or {}).get("finish_reason") or "-"
+    emit_detail(
+        "model_call",
+        f"{role} · {name} · {tokens_in} in / {tokens_out} out tokens · {latency_s:.2f} s"
+        f" · finish {finish}",
+        role=role,
+        model=name,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        latency_s=round(latency_s, 4),
+    )
 
 
 def truncation_notice(context: InsituContext, role: str) -> str:

@@ -21,7 +21,7 @@ from langgraph.runtime import Runtime
 from pydantic import AliasChoices, BaseModel, Field
 
 from insitu.context import InsituContext
-from insitu.events import emit
+from insitu.events import emit, emit_detail
 from insitu.graphs.state import EpisodeState, ExecutorReport, Invocation, ToolRequest
 from insitu.llm import (
     ModelEndpointError,
@@ -103,6 +103,7 @@ class _Recorder:
     def callback(self, name: str, version: int, local: bool):
         def record(args: dict[str, Any], outcome: Any, text: str) -> None:
             kind = str(outcome.kind)
+            backend = getattr(outcome, "backend", "")
             with self._lock:
                 self.invocations.append(
                     Invocation(
@@ -119,6 +120,18 @@ class _Recorder:
                         round=self.round,
                         at=now_utc().isoformat(),
                     )
+                )
+                emit_detail(
+                    "tool_call",
+                    f"{name}@v{version} · {'ok' if outcome.ok else kind} · "
+                    f"{outcome.duration_ms:.0f} ms in the sandbox ({backend or '-'}) · "
+                    f"{len(text)} chars out",
+                    tool=name,
+                    version=version,
+                    ok=bool(outcome.ok),
+                    kind=kind,
+                    duration_ms=round(float(outcome.duration_ms), 2),
+                    backend=backend,
                 )
                 if not outcome.ok and kind in TOOL_FAULTS:
                     self.faults[name] = self.faults.get(name, 0) + 1

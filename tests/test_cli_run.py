@@ -181,3 +181,27 @@ def test_a_second_ctrl_c_stops_evolve_at_once(tmp_path: Path) -> None:
     assert "stopping: the running work finishes first (Ctrl-C again to stop at once)" in stderr
     assert "interrupted; run the same command to resume" in stderr
     assert "Traceback" not in stderr
+
+
+def test_verbose_shows_each_model_request_and_tool_call_once(tmp_path: Path) -> None:
+    """``-v`` adds per-call detail lines; it never prints a progress line twice."""
+    team = ScriptedTeam()
+    store = str(tmp_path / "store")
+    task = "What is the mean of 3, 5, 10 and 2?"
+    with ScriptedOpenAIServer(team.openai_responder(), api_key="k") as server:
+        env = {
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": "k",
+            "INSITU_EMBEDDING": "hashing",
+        }
+        quiet = insitu("--store", store, "run", task, env=env)
+        loud = insitu("-v", "--store", store, "run", task, env=env)
+    assert quiet.returncode == 0 and loud.returncode == 0, loud.stderr
+    assert "↳" not in quiet.stderr
+    detail = [line for line in loud.stderr.splitlines() if "↳" in line]
+    models = [line for line in detail if " in / " in line and " out tokens · " in line]
+    assert models and any(line.split("↳")[1].strip().startswith("manager · ") for line in models)
+    tools = [line for line in detail if "summarize_numbers@v1 · ok · " in line]
+    assert tools and all(" ms in the sandbox (" in line for line in tools)
+    progress = [line for line in loud.stderr.splitlines() if "·" in line and "↳" not in line]
+    assert len(progress) == len(set(progress)), "a progress line was printed twice"

@@ -103,7 +103,32 @@ def test_list_prints_a_table_of_active_tools(library: Path) -> None:
 
 def test_list_shows_descriptions_literally(library: Path) -> None:
     out = ok(cli(library, "list"))
-    assert "[a, b]" in out and "[bold]" in out  # never eaten as markup
+    assert "[a, b]" in out  # never eaten as markup
+    shown = ok(cli(library, "show", "format_list"))
+    assert "[a, b]" in shown and "[bold]plain text[/bold]" in shown
+
+
+def test_tables_fit_80_columns_with_whole_names_and_cut_descriptions(library: Path) -> None:
+    """Names are never wrapped mid-word; a cut description ends in an ellipsis."""
+    for args in (("list",), ("search", "numbers", "-k", "5")):
+        out = ok(cli(library, *args))
+        lines = out.splitlines()
+        assert all(len(line.rstrip()) <= 80 for line in lines), args
+        rows = [line for line in lines if line.startswith("│")]
+        assert rows and any(line.rstrip(" │").endswith("…") for line in rows), args
+        shown = {cell.strip() for line in rows for cell in line.split("│")}
+        assert {n for n in NAMES if n in out} <= shown, "a name was wrapped or cut"
+
+
+def test_search_match_scores_are_between_0_and_1(library: Path) -> None:
+    for mode in ("hybrid", "dense", "lexical"):
+        out = ok(cli(library, "search", "mean of numbers", "--mode", mode))
+        scores = [float(r[0]) for r in data_rows(out) if r[0]]
+        assert scores and all(0.0 <= s <= 1.0 for s in scores), (mode, scores)
+    lexical = [
+        float(r[0]) for r in data_rows(ok(cli(library, "search", "mean", "--mode", "lexical")))
+    ]
+    assert lexical[0] == 1.0  # relative to the best hit
 
 
 def test_list_all_includes_archived_tools(library: Path) -> None:
@@ -158,7 +183,7 @@ def test_missing_library_is_a_configuration_error(tmp_path: Path) -> None:
 def test_search_ranks_the_matching_tool_first(library: Path) -> None:
     out = ok(cli(library, "search", "median value of a list of numbers"))
     assert "top 5 for 'median value of a list of numbers'" in out
-    for column in ("score", "name", "ver", "status", "description"):
+    for column in ("match", "name", "ver", "status", "description"):
         assert column in out
     first = data_rows(out)[0]
     assert first[1] == "compute_median"

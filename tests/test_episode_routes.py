@@ -50,7 +50,10 @@ def test_creates_a_tool_then_reuses_it(run_episode, store: ToolStore) -> None:
     assert first.tools_created == ["summarize_numbers"]
     assert first.metrics["tools_created"] == 1
     assert first.metrics["tool_invocations"] == first.metrics["tool_successes"] == 1
-    assert [e["event"] for e in events][:4] == ["retrieved", "planned", "building", "admitted"]
+    progress = [e["event"] for e in events if not e.get("detail")]
+    assert progress[:4] == ["retrieved", "planned", "building", "admitted"]
+    calls = [e for e in events if e["event"] == "model_call"]
+    assert calls and all(e["detail"] and e["role"] and "latency_s" in e for e in calls)
     record = store.get("summarize_numbers")
     assert record.version == 1 and record.created_by_task == first.task_id
     assert record.stats.calls == 0  # a local tool's calls are not library statistics

@@ -236,6 +236,44 @@ def test_reindex_rebuilds_everything(tmp_path: Path) -> None:
         assert indexed_hashes(store) == head_hashes(store)
 
 
+def test_an_index_of_an_older_tool_text_is_rebuilt(tmp_path: Path) -> None:
+    """A library indexed before the tool text changed is re-embedded from its records."""
+    path = tmp_path / "lib"
+    make_library(path)
+    with ToolStore.open(path) as store:
+        assert store._index is not None
+        old_stamp = {k: v for k, v in store._index.stamp.items() if k != "insitu_text"}
+        store._index.set_stamp(old_stamp)  # as written by a store before text version 2
+        report = store.verify_index(full=False)
+        assert "tool text changed from version 1" in (report.reason or "")
+        assert sorted(report.upserted) == sorted(head_hashes(store))
+        assert store.verify_index(full=False).checked == "quick"
+
+
+def test_the_retrieval_benchmark_indexes_the_stores_text() -> None:
+    """One function renders a tool's text for the store and for the benchmark."""
+    from insitu.evals.retrieval import dataset_tool_text
+    from insitu.tool_store.contract import ToolSpec
+
+    spec = make_spec("parse_csv_rows", "Parse CSV text into rows.", inputs=("text", "delimiter"))
+    schema = dict(spec.input_schema)
+    schema["properties"] = {
+        "text": {"type": "string", "description": "the CSV document"},
+        "delimiter": {"type": "string"},
+    }
+    spec = ToolSpec.model_validate({**spec.model_dump(), "input_schema": schema})
+    dataset_tool = {
+        "tool_id": "t1",
+        "name": "parse_csv_rows",
+        "text": "Parse CSV text into rows.",
+        "raw": {"parameters": schema},
+    }
+    assert spec.embedding_text() == dataset_tool_text(dataset_tool)
+    assert spec.embedding_text() == (
+        "parse csv rows: Parse CSV text into rows. Inputs: text (the CSV document); delimiter."
+    )
+
+
 def test_changing_the_embedding_rebuilds_the_index(tmp_path: Path) -> None:
     path = tmp_path / "lib"
     make_library(path, catalogue_specs())

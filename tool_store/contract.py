@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from insitu import pyast
+from insitu.tool_store.text import schema_inputs, tool_text
 
 #: ``verb_object``: lower snake case, at least two words, starting with a letter.
 TOOL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
@@ -235,18 +236,16 @@ class ToolSpec(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def embedding_text(self) -> str:
-        """Return the text retrieval indexes for this tool.
+        """Return the text retrieval indexes for this tool (``text.tool_text``).
 
-        Names are split into words and the input field names are appended, so
-        that a query such as "average of numbers" meets ``compute_mean(values)``.
+        Names are split into words and the inputs' names and descriptions are
+        appended, so that a query such as "average of numbers" meets
+        ``compute_mean(values)``.
 
         Returns:
             A single line of text.
         """
-        fields = list((self.input_schema.get("properties") or {}).keys())
-        words = self.name.replace("_", " ")
-        args = f" Inputs: {', '.join(fields)}." if fields else ""
-        return f"{words}: {self.description}{args}"
+        return tool_text(self.name, self.description, schema_inputs(self.input_schema))
 
 
 class ToolStats(BaseModel):

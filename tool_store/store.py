@@ -95,6 +95,7 @@ from insitu.tool_store.errors import (
     VersionConflictError,
     VersionNotFoundError,
 )
+from insitu.tool_store.text import TOOL_TEXT_VERSION
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -670,7 +671,8 @@ class ToolStore:
     # ------------------------------------------------------------- vectors
 
     def _model_key(self) -> str:
-        return f"insitu-{self.embedding_name}"
+        # Cached vectors are of a tool's text as rendered by this text version.
+        return f"insitu-{self.embedding_name}-text{TOOL_TEXT_VERSION}"
 
     def _vectors_for(self, specs: Sequence[ToolSpec]) -> dict[str, np.ndarray]:
         """Return ``{hash: vector}`` for specs, from the cache or freshly embedded."""
@@ -781,6 +783,7 @@ class ToolStore:
                 {
                     "insitu_generation": self._generation(),
                     "insitu_embedding": self.embedding_name,
+                    "insitu_text": TOOL_TEXT_VERSION,
                     "insitu_library": self.library_id,
                 }
             )
@@ -813,6 +816,12 @@ class ToolStore:
         if stamp.get("insitu_embedding") not in (None, self.embedding_name):
             reasons.append(
                 f"embedding changed from {stamp.get('insitu_embedding')} to {self.embedding_name}"
+            )
+            self._index.clear()
+        elif stamp and stamp.get("insitu_text") != TOOL_TEXT_VERSION:
+            reasons.append(
+                f"tool text changed from version {stamp.get('insitu_text', 1)} "
+                f"to {TOOL_TEXT_VERSION}"
             )
             self._index.clear()
         count = self._index.count()

@@ -9,7 +9,9 @@ stream here splits identifiers into their words first: "parse csv" must meet
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 # An upper-case run followed by a capitalised word ("HTTPServer" -> "HTTP Server"),
 # then a lower/digit followed by an upper ("netIncome" -> "net Income").
@@ -120,3 +122,53 @@ def name_words(name: str) -> str:
         Its words joined by single spaces.
     """
     return " ".join(split_identifier(name).lower().split())
+
+
+#: Bumped whenever :func:`tool_text` changes what it renders: a store whose
+#: index was built from another version re-embeds and re-indexes its tools.
+TOOL_TEXT_VERSION = 2
+
+
+def tool_text(name: str, description: str, inputs: Sequence[tuple[str, str]] = ()) -> str:
+    """The text a tool is retrieved by, for the store's index and the benchmark alike.
+
+    One function for both so that the retrieval benchmark measures what the
+    product indexes: the name's words, the description, then each input's
+    name (as words) and description. Example or default values are never
+    included (in public sets they repeat the query's own values).
+
+    Args:
+        name: The tool's name (any identifier style).
+        description: What the tool does.
+        inputs: ``(name, description)`` of each input parameter, in order; a
+            description may be empty.
+
+    Returns:
+        One line, e.g. ``"parse csv rows: Parse CSV text. Inputs: text (the CSV)."``.
+    """
+    head = f"{name_words(name)}: {description}".strip()
+    params = "; ".join(
+        name_words(param) + (f" ({about.strip()})" if about.strip() else "")
+        for param, about in inputs
+    )
+    return f"{head} Inputs: {params}." if params else head
+
+
+def schema_inputs(input_schema: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """``(name, description)`` of each property of a JSON-schema object, in order.
+
+    Args:
+        input_schema: A tool's input schema (``{"properties": {...}}``), or None.
+
+    Returns:
+        One pair per property; a property without a string description gets ``""``.
+    """
+    properties = (input_schema or {}).get("properties") or {}
+    if not isinstance(properties, Mapping):
+        return []
+    return [
+        (str(key), value["description"])
+        if isinstance(value, Mapping) and isinstance(value.get("description"), str)
+        else (str(key), "")
+        for key, value in properties.items()
+    ]

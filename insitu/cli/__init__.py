@@ -14,7 +14,7 @@ import logging
 import click
 
 from insitu import __version__
-from insitu.cli.common import settings_options
+from insitu.cli.common import set_verbose, settings_options
 from insitu.cli.doctor import doctor
 from insitu.cli.episode import demo, run
 from insitu.cli.eval import eval_group
@@ -31,15 +31,23 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="insitu")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show per-call detail: each model request (role, model, tokens, latency) and "
+    "each tool call (outcome, sandbox time), and the library's log lines.",
+)
 @settings_options
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """insitu: self-evolving, tool-first agents that write, verify and reuse their own tools.
 
     Settings come from --set and flags, else the environment (INSITU_<NAME>), else
     a config file (--config FILE or ./insitu.toml), else defaults; `insitu settings`
     shows them and where each came from.
     """
+    set_verbose(ctx, verbose)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -228,6 +228,21 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return with_settings
 
 
+#: Where ``insitu -v`` is remembered for the running command (``ctx.meta``).
+_VERBOSE = "insitu.verbose"
+
+
+def set_verbose(ctx: click.Context, verbose: bool) -> None:
+    """Remember ``-v`` for the commands of this invocation (:func:`verbose`)."""
+    ctx.meta[_VERBOSE] = verbose
+
+
+def verbose() -> bool:
+    """Whether ``insitu -v`` asked for per-call detail (model requests, tool calls)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get(_VERBOSE))
+
+
 def loaded_settings() -> LoadedSettings:
     """The settings of the running command with the source of each value."""
     return click.get_current_context().meta[_LOADED]

@@ -29,6 +29,7 @@ from insitu.cli.common import (
     out,
     scripted_models,
     settings_options,
+    verbose,
 )
 from insitu.context import InsituContext
 
@@ -48,8 +49,15 @@ DEMO_TASKS = (
 def progress_printer(prefix: str = "") -> Callable[[dict[str, Any]], None]:
     """Return an ``on_event`` callback that prints each progress event on stderr."""
 
+    details = verbose()
+
     def show(event: dict[str, Any]) -> None:
-        err.print(f"[dim]{prefix}·[/] {event.get('message', event)}", highlight=False)
+        if event.get("detail") and not details:
+            return
+        mark = "  ↳" if event.get("detail") else "·"
+        err.print(
+            f"[dim]{prefix}{mark}[/] {escape(str(event.get('message', event)))}", highlight=False
+        )
 
     return show
 

@@ -24,6 +24,7 @@ from insitu.cli.common import (
     scripted_models,
     setting_given,
     settings_options,
+    verbose,
 )
 from insitu.context import InsituContext
 
@@ -194,9 +195,17 @@ def evolve_command(
         overall = progress.add_task("tasks", total=len(tasks))
         batches = progress.add_task("batches", total=-(-len(tasks) // batch_size))
 
+        details = verbose()  # read here: on_event runs in the episodes' threads
+
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") in ("task_done", "task_failed"):
                 progress.advance(overall)
+            elif details and event.get("detail"):
+                task = event.get("task_id")
+                prefix = f"[{task}] " if task else ""
+                progress.console.print(
+                    f"  ↳ {prefix}{event.get('message')}", highlight=False, markup=False
+                )
 
         def on_batch(step: dict[str, Any]) -> None:
             egl = "-" if step["egl"] is None else f"{step['egl']:.3f}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from insitu.cli.common import (
     EXIT_CONFIG,
@@ -29,16 +31,71 @@ def _rate(record: Any) -> str:
 
 
 def tools_table(records: list[Any], title: str) -> Table:
-    """Render tool records as a table."""
-    table = Table(title=escape(title), title_justify="left")
-    for column in ("name", "ver", "status", "calls", "ok %", "description"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        status = r.status + (" (locked)" if r.locked else "")
-        table.add_row(
-            *map(cell, (r.name, r.version, status, r.stats.calls, _rate(r), r.description[:90]))
+    """Render tool records as a table that fits the terminal.
+
+    Names are shown whole (never wrapped mid-word: they are identifiers a user
+    types back); descriptions take the width that is left and end in "…" when
+    cut.
+    """
+    rows = [
+        (
+            r.name,
+            str(r.version),
+            r.status + (" (locked)" if r.locked else ""),
+            str(r.stats.calls),
+            _rate(r),
+            r.description,
         )
+        for r in records
+    ]
+    table = library_table(title, ("name", "ver", "status", "calls", "ok %"), rows)
+    table.caption = CALLS_CAPTION if records else None
     return table
+
+
+#: What the calls column counts (it is easy to read it as "every run of the tool").
+CALLS_CAPTION = (
+    "calls: runs of the stored tool in episodes (admission tests and calls made before "
+    "the tool was stored are not counted)"
+)
+
+
+def library_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A table of ``columns`` then a last "description" column, sized for people.
+
+    Every column but the description is as wide as its widest cell, so that
+    names and numbers are never wrapped or cut; the description takes what is
+    left of the terminal's width and ends in "…" when cut.
+
+    Args:
+        title: The table's title (shown literally).
+        columns: The headers before "description".
+        rows: One sequence of cells per row: ``len(columns)`` cells, then the
+            description.
+    """
+    widths = [
+        max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(columns)
+    ]
+    # Each column costs its width, two spaces of padding and one rule; one more rule closes the row.
+    left = out.width - sum(width + 3 for width in widths) - 4
+    longest = max([len("description"), *(len(" ".join(row[-1].split())) for row in rows)])
+    described = max(MIN_DESCRIPTION_WIDTH, min(longest, left))
+    table = Table(title=escape(title), title_justify="left", caption_justify="left")
+    for header, width in zip(columns, widths, strict=True):
+        justify = "right" if header in NUMERIC_COLUMNS else "left"
+        table.add_column(header, no_wrap=True, width=width, justify=justify)
+    table.add_column("description", no_wrap=True, width=described)
+    for row in rows:
+        description = Text(" ".join(row[-1].split()))
+        description.truncate(described, overflow="ellipsis")
+        table.add_row(*map(cell, row[:-1]), description)
+    return table
+
+
+#: The description column is never narrower than this (a narrower terminal wraps the rows).
+MIN_DESCRIPTION_WIDTH = 16
+#: Columns right-aligned as numbers.
+NUMERIC_COLUMNS = frozenset({"ver", "calls", "ok %", "match"})
 
 
 @click.group()
@@ -124,20 +181,45 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
 def tools_search(
     settings: InsituContext, query: str, k: int, mode: str, include_archived: bool
 ) -> None:
-    """Search the library (hybrid lexical + dense retrieval)."""
+    """Search the library (hybrid lexical + dense retrieval).
+
+    Results are ranked by the fused hybrid score. The match column is in [0, 1]:
+    the cosine similarity of the query and the tool's text (dense and hybrid
+    modes; 1 is identical meaning), or in lexical mode the BM25 score relative
+    to the best hit (the best hit is 1.00).
+    """
     with opened_store(settings, read_only=True) as store:
         hits = store.search(query, k=k, mode=mode, include_archived=include_archived)
-        table = Table(title=escape(f"top {len(hits)} for {query!r}"), title_justify="left")
-        for column in ("score", "name", "ver", "status", "description"):
-            table.add_column(column, overflow="fold")
-        for h in hits:
-            r = h.record
-            table.add_row(
-                *map(cell, (f"{h.score:.3f}", r.name, r.version, r.status, r.description[:100]))
+        rows = [
+            (
+                f"{match:.2f}",
+                h.record.name,
+                str(h.record.version),
+                h.record.status,
+                h.record.description,
             )
+            for h, match in zip(hits, match_scores(hits, mode), strict=True)
+        ]
+        table = library_table(
+            f"top {len(hits)} for {query!r}", ("match", "name", "ver", "status"), rows
+        )
         out.print(table)
         if not hits:
             say("no matching tool")
+
+
+def match_scores(hits: list[Any], mode: str) -> list[float]:
+    """A score in [0, 1] per hit, for people (the ranking's fused scores are unbounded).
+
+    Args:
+        hits: Search hits, best first.
+        mode: The search mode: ``lexical`` has no similarity, so its BM25 scores
+            are shown relative to the best hit.
+    """
+    if mode == "lexical":
+        top = max((h.lexical_score or 0.0 for h in hits), default=0.0)
+        return [(h.lexical_score or 0.0) / top if top > 0 else 0.0 for h in hits]
+    return [min(1.0, max(0.0, h.dense_score or 0.0)) for h in hits]
 
 
 @tools.command("history")
