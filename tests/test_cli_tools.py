@@ -334,7 +334,7 @@ def test_export_and_import_errors(library: Path, tmp_path: Path) -> None:
     assert (busy / "notes.txt").read_text() == "mine"
     result = cli(library, "import", str(tmp_path / "absent"))
     assert result.exit_code == 2 and "does not exist" in result.output
-    failed(cli(library, "import", str(busy)), EXIT_INCOMPLETE, "error:")
+    failed(cli(library, "import", str(busy)), EXIT_CONFIG, "holds no manifest.json")  # a bad argument
 
 
 # ---------------------------------------------------------------------- reindex
@@ -391,3 +391,14 @@ def test_python_dash_m_insitu_tools_list(library: Path) -> None:
     )
     assert done.returncode == EXIT_CONFIG
     assert "error: no tool named 'nope'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_importing_a_folder_that_is_not_an_export_creates_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "new-store"
+    (tmp_path / "empty").mkdir()
+    done = CliRunner().invoke(
+        main, ["--store", str(store), "tools", "import", str(tmp_path / "empty")]
+    )
+    assert done.exit_code == EXIT_CONFIG, done.output
+    assert "holds no manifest.json" in done.output
+    assert not store.exists()

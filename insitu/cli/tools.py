@@ -341,8 +341,13 @@ def tools_import(
     sandbox. One failure refuses the whole import; --trust skips the tests.
     """
     from insitu.services import ConfigurationError, open_sandbox
-    from insitu.tool_store.exchange import ImportVerificationError, import_library
+    from insitu.tool_store.errors import CorruptManifestError
+    from insitu.tool_store.exchange import ImportVerificationError, import_library, read_export
 
+    try:  # a folder that is not an export is a bad argument: nothing may be created for it
+        read_export(directory)
+    except CorruptManifestError as exc:
+        fail(str(exc), EXIT_CONFIG)
     sandbox = None
     if not trust:
         try:
