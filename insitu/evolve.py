@@ -14,16 +14,17 @@ A run directory holds:
   ``tokens`` (spent before a failure too), ``error`` (one line, or null),
   ``error_kind`` (``endpoint``, ``timeout``, ``internal`` or null), ``failure``
   (the endpoint's details: role, model, url, status, message), ``batch`` and
-  ``retry`` (0 for the batch's own pass, K for its K-th retry pass). A task
+  ``retry`` (0 for the batch's own pass, K for its K-th retry pass) and
+  ``scripted`` (true when a scripted test model produced the line). A task
   that was run again has several lines: **the last line of a task id is its
   result** (:func:`read_predictions`; every reader goes through
   :func:`last_row_per_task`);
 * ``steps.jsonl`` — one line per pass, in the order they ran: ``step`` (1, 2, …),
   ``batch`` and ``retry`` (a retry pass of batch N is ``batch: N, retry: K``),
   library size, tools created / merged / archived, invocations, successes,
-  tool success rate, cumulative EGL, tokens, wall time, ``failed_tasks`` and
-  ``failures`` by ``error_kind``. ``tasks_processed`` counts distinct tasks: a
-  retry pass adds none;
+  tool success rate, cumulative EGL, tokens, wall time, ``failed_tasks``,
+  ``failures`` by ``error_kind`` and ``scripted``. ``tasks_processed`` counts
+  distinct tasks: a retry pass adds none;
 * ``checkpoints.sqlite`` — LangGraph checkpoints of every pass: thread
   ``<run_id>:batch-N``, and ``<run_id>:batch-N:retry-K`` for retry passes.
 
@@ -325,7 +326,12 @@ def without_rejected_tools(final: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def prediction_row(
-    task: Task, result: Mapping[str, Any], batch: int, retry: int = 0
+    task: Task,
+    result: Mapping[str, Any],
+    batch: int,
+    retry: int = 0,
+    *,
+    scripted: bool = False,
 ) -> dict[str, Any]:
     """One line of ``predictions.jsonl``: a task's result in one pass.
 
@@ -334,6 +340,8 @@ def prediction_row(
         result: Its result from the batch graph.
         batch: The batch it belongs to.
         retry: 0 for the batch's own pass, K for its K-th retry pass.
+        scripted: A scripted test model produced the result (every line says
+            so, so a line copied out of its run folder still carries the mark).
     """
     return {
         "id": task.id,
@@ -353,6 +361,7 @@ def prediction_row(
         "expected": task.answer,
         "sandbox": result.get("sandbox"),
         "wall_time_s": result.get("wall_time_s"),
+        "scripted": scripted,
     }
 
 
@@ -366,6 +375,7 @@ def step_row(
     *,
     batch_number: int | None = None,
     retry: int = 0,
+    scripted: bool = False,
 ) -> dict[str, Any]:
     """One line of ``steps.jsonl``: a pass's counters and the cumulative EGL.
 
@@ -379,6 +389,7 @@ def step_row(
         batch_number: The batch (default: ``step``).
         retry: 0 for the batch's own pass, K for its K-th retry pass (whose tasks
             were processed before, so ``tasks_processed`` does not grow).
+        scripted: A scripted test model ran the pass (every line says so).
     """
     results = without_rejected_tools(final)
     absorb = final.get("absorb") or {}
@@ -421,6 +432,7 @@ def step_row(
         "failures": failures,
         "absorb": absorb,
         "commit": final.get("commit") or {},
+        "scripted": scripted,
     }
 
 
@@ -716,7 +728,7 @@ def evolve(
             }
             results = [by_id.get(t.id) or missing for t in chosen]
             rows = [
-                prediction_row(task, result, number, retry)
+                prediction_row(task, result, number, retry, scripted=scripted)
                 for task, result in zip(chosen, results, strict=True)
                 if (number, retry, task.id) not in written
             ]
@@ -733,6 +745,7 @@ def evolve(
                 time.monotonic() - pass_started,
                 batch_number=number,
                 retry=retry,
+                scripted=scripted,
             )
             append_jsonl(run_dir / STEPS_FILE, [step])
             steps.append(step)

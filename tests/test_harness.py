@@ -8,10 +8,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from insitu.evals.harness import SCRIPTED_NOTE, run_comparison, wilson_interval
 from insitu.evals.tasks import Task
 from insitu.evolve import read_jsonl
+from insitu.report import PLOTS, SCRIPTED_FIGURE_MARK
 from insitu.testing.team import ScriptedTeam, scripted_stream
 
 ALL = ["insitu", "insitu-frozen", "no-reuse", "python-interpreter"]
@@ -68,6 +70,17 @@ def test_all_systems_compared_on_one_suite(tmp_path: Path) -> None:
     assert "scripted test model" in (tmp_path / "report.html").read_text()
     grades = [p["grade"]["correct"] for p in read_jsonl(tmp_path / "insitu" / "predictions.jsonl")]
     assert grades == [True] * 6
+    # Every file of a scripted comparison says so: each JSONL line of each system
+    # (predictions after grading too), and each plot of the report.
+    for system in ALL:
+        for name in ("predictions.jsonl", "steps.jsonl"):
+            lines = read_jsonl(tmp_path / system / name)
+            assert lines and all(line["scripted"] is True for line in lines), (system, name)
+    pngs = sorted(tmp_path.glob("report_*.png"))
+    assert len(pngs) == len(PLOTS)
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.text["Description"] == SCRIPTED_FIGURE_MARK, png.name
 
 
 def test_an_interrupted_comparison_resumes(tmp_path: Path) -> None:

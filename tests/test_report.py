@@ -1,12 +1,15 @@
 """``insitu report`` and :mod:`insitu.report` on synthetic run folders of ``insitu evolve``.
 
 Each test writes ``run.json``, ``steps.jsonl`` and ``predictions.jsonl`` itself
-(the contract of ``insitu evolve``), then checks the page, the PNG files, the
-figures behind them and the command's exit codes.
+(the contract of ``insitu evolve``, with :mod:`insitu.testing.run_folders`), then
+checks the page, the PNG files, the figures behind them and the command's exit
+codes. ``test_report_browser.py`` opens reports in headless Chromium.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from insitu.cli import main
 from insitu.cli.common import EXIT_CONFIG, EXIT_OK
@@ -24,15 +28,25 @@ from insitu.report import (
     PLOTS,
     REPORT_FILE,
     SCRIPTED_BANNER,
+    SCRIPTED_FIGURE_MARK,
     ReportError,
     build_figures,
+    figure_texts,
     load_run,
     load_runs,
+    resolve_run_dirs,
     summarize,
     tool_name,
     tool_usage,
     top_tools,
     write_report,
+)
+from insitu.testing.run_folders import (
+    HOSTILE_QUESTION,
+    make_run,
+    prediction,
+    sample_runs,
+    step,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,106 +55,22 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # --------------------------------------------------------------------------- fixtures
 
 
-def step(number: int, **fields: Any) -> dict[str, Any]:
-    """A steps.jsonl line with plausible defaults."""
-    line: dict[str, Any] = {
-        "step": number,
-        "tasks": [f"t{number}a", f"t{number}b"],
-        "tasks_processed": 2 * number,
-        "library_size": number,
-        "tools_created": 1,
-        "tools_added": 1,
-        "tools_merged": 0,
-        "tools_archived": 0,
-        "tools_repaired": 0,
-        "invocations": 2,
-        "successes": 2,
-        "tool_success_rate": 1.0,
-        "egl": 1 / 2,
-        "tokens": {
-            "manager": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "calls": 1}
-        },
-        "wall_time_s": 2.0,
-        "failed_tasks": 0,
-    }
-    line.update(fields)
-    return line
-
-
-def prediction(task_id: str, tools_used: list[str], **fields: Any) -> dict[str, Any]:
-    """A predictions.jsonl line with plausible defaults."""
-    line: dict[str, Any] = {
-        "id": task_id,
-        "question": f"question {task_id}",
-        "answer": "42",
-        "status": "completed",
-        "tools_used": tools_used,
-        "tools_created": [],
-        "tools_repaired": [],
-        "tokens": {
-            "manager": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2, "calls": 1}
-        },
-        "metrics": {"tool_invocations": len(tools_used), "tool_successes": len(tools_used)},
-        "error": None,
-        "batch": 1,
-        "wall_time_s": 1.0,
-    }
-    line.update(fields)
-    return line
-
-
-def make_run(
-    root: Path,
-    name: str,
-    *,
-    system: str | None = "insitu",
-    scripted: bool = False,
-    steps: list[dict[str, Any]] | None = None,
-    predictions: list[dict[str, Any]] | None = None,
-) -> Path:
-    """Write a run folder as ``insitu evolve`` does and return it."""
-    folder = root / name
-    folder.mkdir(parents=True)
-    meta: dict[str, Any] = {
-        "run_id": f"run-{name}",
-        "tasks_file": "tasks.jsonl",
-        "batch_size": 2,
-        "store_dir": str(folder / "store"),
-        "frozen": False,
-        "scripted": scripted,
-        "model": "test-model",
-        "started_at": "2025-01-01T00:00:00+00:00",
-    }
-    if system is not None:
-        meta["system"] = system
-    (folder / "run.json").write_text(json.dumps(meta), encoding="utf-8")
-    if steps is None:
-        steps = [step(1), step(2)]
-    if predictions is None:
-        predictions = [
-            prediction("t1", ["mean@1"]),
-            prediction("t2", ["mean@2", "days@1"]),
-            prediction("t3", ["mean@2"]),
-        ]
-    for file, lines in (("steps.jsonl", steps), ("predictions.jsonl", predictions)):
-        text = "".join(json.dumps(line) + "\n" for line in lines)
-        (folder / file).write_text(text, encoding="utf-8")
-    return folder
-
-
 class References(HTMLParser):
-    """Collects every attribute of the page that can point to another resource."""
+    """Collects every attribute of the page that can point to another resource, and the ids."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[tuple[str, str, str]] = []
         self.tags: set[str] = set()
+        self.ids: set[str] = set()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.add(tag)
         for name, value in attrs:
             if name in ("src", "href", "srcset", "data", "poster", "action") and value:
                 self.refs.append((tag, name, value))
+            if name == "id" and value:
+                self.ids.add(value)
 
 
 def references(page: Path) -> References:
@@ -149,29 +79,53 @@ def references(page: Path) -> References:
     return parser
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk (asserting the file is a PNG)."""
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+DATA_PNG = "data:image/png;base64,"
+
+
+def png_size(data: bytes | Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (asserting the data is a PNG)."""
+    if isinstance(data, Path):
+        data = data.read_bytes()
+    assert data[:8] == PNG_MAGIC, "not a PNG"
     assert data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
 
 
-def assert_offline(page: Path) -> list[Path]:
-    """Assert the page refers only to existing files next to it; return them."""
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG (keyword → text)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return dict(image.text)
+
+
+def assert_offline(page: Path, *, single_file: bool | None = None) -> list[bytes]:
+    """Assert the page needs nothing but itself and PNGs next to it; return its images.
+
+    Args:
+        page: The report.
+        single_file: ``True``: every image must be embedded; ``False``: every
+            image must be a file next to the page; ``None``: either.
+    """
     found = references(page)
     assert not found.tags & {"script", "link", "iframe", "object", "embed"}, found.tags
-    files = []
+    images = []
     for tag, attr, value in found.refs:
-        assert (tag, attr) == ("img", "src"), (tag, attr, value)
+        if (tag, attr) == ("a", "href"):
+            assert value.startswith("#") and value[1:] in found.ids, f"dangling link {value}"
+            continue
+        assert (tag, attr) == ("img", "src"), (tag, attr, value[:80])
+        if value.startswith(DATA_PNG):
+            assert single_file is not False, "embedded image in a linked page"
+            images.append(base64.b64decode(value[len(DATA_PNG) :], validate=True))
+            continue
+        assert single_file is not True, f"relative image link {value} in a single-file page"
         assert not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//|^/", value), value
         assert ".." not in Path(value).parts, value
         target = page.parent / value
         assert target.is_file(), f"{value} referenced but missing"
-        files.append(target)
+        images.append(target.read_bytes())
     text = page.read_text(encoding="utf-8")
     assert "@import" not in text and "url(" not in text
-    return files
+    return images
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -200,19 +154,35 @@ def test_top_tools_orders_by_calls_then_name_and_cuts() -> None:
 # --------------------------------------------------------------------------- report
 
 
-def test_single_run_report_is_offline_with_valid_plots(tmp_path: Path) -> None:
+def test_single_run_report_is_one_file_with_valid_plots(tmp_path: Path) -> None:
     run = make_run(tmp_path, "runs/insitu")
     page = write_report([run])
     assert page == run / REPORT_FILE and page.is_file()
-    files = assert_offline(page)
-    assert sorted(f.name for f in files) == sorted(name for name, _ in PLOTS.values())
-    for file in files:
-        width, height = png_size(file)
-        assert width >= 400 and height >= 250
-        assert file.stat().st_size > 5_000, f"{file.name} looks empty"
+    images = assert_offline(page, single_file=True)
+    assert len(images) == len(PLOTS)
+    for image in images:
+        width, height = png_size(image)
+        assert width >= 800 and height >= 400
+        assert len(image) > 5_000, "a plot looks empty"
+    # The PNGs are written next to the page too, the same images.
+    on_disk = [(run / name).read_bytes() for name, _ in PLOTS.values()]
+    assert sorted(on_disk) == sorted(images)
     text = page.read_text(encoding="utf-8")
     assert SCRIPTED_BANNER not in text
     assert text.lstrip().startswith("<!DOCTYPE html>") and "<style>" in text
+    # The page stands alone: moved elsewhere, it has everything.
+    moved = tmp_path / "elsewhere.html"
+    page.rename(moved)
+    assert len(assert_offline(moved, single_file=True)) == len(PLOTS)
+
+
+def test_linked_images_report_refers_to_the_pngs_next_to_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "run")
+    page = write_report([run], single_file=False)
+    images = assert_offline(page, single_file=False)
+    assert len(images) == len(PLOTS)
+    srcs = [v for tag, _, v in references(page).refs if tag == "img"]
+    assert sorted(srcs) == sorted(name for name, _ in PLOTS.values())
 
 
 def test_out_dir_holds_the_page_and_its_plots(tmp_path: Path) -> None:
@@ -220,6 +190,7 @@ def test_out_dir_holds_the_page_and_its_plots(tmp_path: Path) -> None:
     page = write_report([run], out_dir=tmp_path / "report" / "here")
     assert page == tmp_path / "report" / "here" / REPORT_FILE
     assert len(assert_offline(page)) == len(PLOTS)
+    assert all((page.parent / name).is_file() for name, _ in PLOTS.values())
     assert not (run / REPORT_FILE).exists()
 
 
@@ -246,17 +217,19 @@ def test_several_runs_are_separate_series_labelled_by_system(tmp_path: Path) -> 
     assert [r.label for r in runs] == labels
     figures = build_figures(runs, top=5)
     assert set(figures) == set(PLOTS)
-    for key in ("egl", "library_size", "tools_created", "success_rate"):
+    for key in ("egl", "library_size", "tools_created", "success_rate", "accuracy"):
         legend = figures[key].axes[0].get_legend()
-        assert [t.get_text() for t in legend.get_texts()] == labels, key
-    assert [ax.get_title() for ax in figures["tool_usage"].axes] == labels
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert [t.removesuffix(" (no data)") for t in texts] == labels, key
+    titles = [ax.get_title() for ax in figures["tool_usage"].axes]
+    assert [t.split(":")[0] for t in titles] == labels
     egl_lines = figures["egl"].axes[0].get_lines()
     assert list(egl_lines[1].get_ydata()) == [1.0, 1.0]
     assert list(egl_lines[0].get_ydata()) == [0.5, 0.5]
 
     page = write_report(dirs, out_dir=tmp_path / "out")
     text = page.read_text(encoding="utf-8")
-    summary = text[text.index("<h2>Summary</h2>") : text.index("</table>")]
+    summary = text[text.index("<h2>Runs compared</h2>") : text.index("</table>")]
     rows = re.findall(r"<tr><td>(.*?)</td>", summary)
     assert rows == labels
 
@@ -329,6 +302,7 @@ def test_usage_table_in_page_counts_calls_top_n(tmp_path: Path) -> None:
     usage = usage[: usage.index("</table>")]
     pairs = re.findall(r'<tr><td>([^<]*)</td><td class="num">(\d+)</td></tr>', usage)
     assert pairs == [("mean", "3"), ("days", "2")]
+    assert "insitu: top 2 of 4 tools by calls" in usage
     ranked = top_tools((p.tools_used for p in load_run(run).predictions), 2)
     figure = build_figures([load_run(run)], top=2)["tool_usage"]
     bars = figure.axes[0].patches
@@ -392,6 +366,254 @@ def test_all_text_is_escaped(tmp_path: Path) -> None:
     assert "<script>" not in text and "<b>bold" not in text and "<i>t1" not in text
     assert "&lt;script&gt;" in text and "&lt;b&gt;bold&lt;/b&gt;" in text
     assert_offline(run / REPORT_FILE)
+
+
+# --------------------------------------------------------------------------- task table
+
+
+class TaskRows(HTMLParser):
+    """The rows of the page's per-task tables: (run block index, row class, cell texts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, str, list[str]]] = []
+        self.block = -1
+        self.in_tasks = False
+        self.cell: list[str] | None = None
+        self.row: list[str] | None = None
+        self.row_class = ""
+        self.hidden_depth = 0  # inside <div class="full">: the full text, not the cut one
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "div" and found.get("class") == "task-block":
+            self.block += 1
+        if tag == "table":
+            self.in_tasks = found.get("class") == "tasks" and self.block >= 0
+        if self.in_tasks and tag == "tr" and "id" in found:
+            self.row, self.row_class = [], found.get("class") or ""
+        if self.row is not None and tag == "td":
+            self.cell = []
+        if tag == "div" and found.get("class") == "full":
+            self.hidden_depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div" and self.hidden_depth:
+            self.hidden_depth -= 1
+        if tag == "td" and self.row is not None and self.cell is not None:
+            self.row.append("".join(self.cell).strip())
+            self.cell = None
+        if tag == "tr" and self.row is not None:
+            self.rows.append((self.block, self.row_class, self.row))
+            self.row = None
+        if tag == "table":
+            self.in_tasks = False
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None and not self.hidden_depth:
+            self.cell.append(data)
+
+
+def task_rows(page: Path) -> list[tuple[int, str, list[str]]]:
+    parser = TaskRows()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.rows
+
+
+def test_task_table_lists_every_task_problems_first_with_reasons(tmp_path: Path) -> None:
+    (run,) = sample_runs(tmp_path)[:1]
+    page = write_report([run])
+    rows = task_rows(page)
+    assert len(rows) == 16 and {block for block, _, _ in rows} == {0}
+    classes = [row_class for _, row_class, _ in rows]
+    assert classes == ["failed", "incomplete", "wrong", "wrong"] + ["ok"] * 12
+    failed = rows[0][2]
+    # #, task, status / verdict, reason, question, answer, expected, tools, created, tokens, time
+    assert failed[:3] == ["6", "task-0005", "failed✗ wrong"]
+    assert "[endpoint]" in failed[3] and "503 Service Unavailable" in failed[3]
+    assert rows[1][2][2] == "incomplete✗ wrong" and "ran out of rounds" in rows[1][2][3]
+    assert rows[2][2][2] == "completed✗ wrong" and rows[2][2][3] == "expected 5, got 5"
+    assert [int(r[2][0]) for r in rows[4:]] == sorted(int(r[2][0]) for r in rows[4:])
+    ok = rows[4][2]
+    assert ok[1] == "task-0000" and ok[2] == "completed✓ correct" and ok[5:7] == ["2", "2"]
+    assert ok[7] == "mean@1" and ok[8] == "mean@1" and ok[9] == "1,360" and ok[10] == "1.5 s"
+    text = page.read_text(encoding="utf-8")
+    # Counted at the top, each problem task linked (assert_offline checks the anchors).
+    top = text[text.index('id="attention"') : text.index("</div>", text.index('id="attention"'))]
+    assert "4 tasks need attention" in top and "1 failed, 1 incomplete, 2 wrong of 16" in top
+    assert top.count('href="#run-1-task-') == 4 and 'href="#tasks-run-1"' in top
+    assert_offline(page)
+    assert text.index('id="attention"') < text.index("<h2>Summary</h2>")
+
+
+def test_task_table_escapes_and_cuts_hostile_text(tmp_path: Path) -> None:
+    (run,) = sample_runs(tmp_path)[:1]
+    page = write_report([run])
+    text = page.read_text(encoding="utf-8")
+    assert "<script>document" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in text
+    assert "onerror=alert(1)&gt;" in text  # as text, inside a cell
+    hostile = next(r for r in task_rows(page) if r[2][1] == "task-0003")[2]
+    question = hostile[4]
+    assert question.endswith("…") and len(question) <= 90
+    # The full text is in the page, to open.
+    assert _escape(HOSTILE_QUESTION) in text
+    assert_offline(page)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_a_run_without_problems_says_so(tmp_path: Path) -> None:
+    page = write_report([make_run(tmp_path, "run")])
+    text = page.read_text(encoding="utf-8")
+    assert "Every task completed" in text and 'class="attention clean"' in text
+    assert "All 3 tasks completed." in text
+    assert {c for _, c, _ in task_rows(page)} == {"ok"}
+    assert 'class="only-problems"' not in text
+
+
+# --------------------------------------------------------------------------- plots
+
+
+@pytest.mark.parametrize("scripted", [True, False])
+def test_scripted_mark_on_every_plot_and_png(tmp_path: Path, scripted: bool) -> None:
+    run = make_run(tmp_path, "run", scripted=scripted)
+    figures = build_figures(load_runs([run]))
+    for key, figure in figures.items():
+        assert (SCRIPTED_FIGURE_MARK in figure_texts(figure)) is scripted, key
+    page = write_report([run])
+    for name, _ in PLOTS.values():
+        text = png_text((run / name).read_bytes())
+        assert (text.get("Description") == SCRIPTED_FIGURE_MARK) is scripted, name
+    for image in assert_offline(page, single_file=True):
+        assert (png_text(image).get("Description") == SCRIPTED_FIGURE_MARK) is scripted
+
+
+def test_mixed_runs_name_the_scripted_one_on_the_plots(tmp_path: Path) -> None:
+    runs = load_runs(
+        [make_run(tmp_path, "a", system="insitu", scripted=True), make_run(tmp_path, "b")]
+    )
+    assert [r.label for r in runs] == ["insitu (a)", "insitu (b)"]
+    figure = build_figures(runs)["egl"]
+    assert f"{SCRIPTED_FIGURE_MARK} (insitu (a))" in figure_texts(figure)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["insitu (a) (scripted)", "insitu (b)"]
+
+
+def test_a_scripted_mark_in_the_lines_alone_marks_the_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "run", scripted=True)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "scripted": False}))
+    assert load_run(run).scripted  # a scripted pass resumed into a real run's folder
+
+
+def _visible_ticks(ax: Any, axis: str) -> list[float]:
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    ticks = ax.get_yticks() if axis == "y" else ax.get_xticks()
+    return [t for t in ticks if low - 1e-9 <= t <= high + 1e-9]
+
+
+def test_count_axes_have_integer_ticks(tmp_path: Path) -> None:
+    # Small counts are what make a default axis tick at 0.5, 1.5, ...
+    steps = [step(1, library_size=1, tasks_processed=1), step(2, library_size=2, tasks_processed=3)]
+    predictions = [
+        prediction("t1", ["mean@1"], grade={"correct": True}),
+        prediction("t2", ["days@1"], grade={"correct": False}, batch=2),
+        prediction("t3", ["mean@1"], grade={"correct": True}, batch=2),
+    ]
+    runs = load_runs([make_run(tmp_path, "run", steps=steps, predictions=predictions)])
+    figures = build_figures(runs, top=2)
+    counted = {
+        "library_size": ("x", "y"),
+        "egl": ("x",),
+        "accuracy": ("x",),
+        "tools_created": ("x", "y"),
+        "success_rate": ("x",),
+    }
+    for key, axes in counted.items():
+        ax = figures[key].axes[0]
+        for axis in axes:
+            ticks = _visible_ticks(ax, axis)
+            assert len(ticks) >= 2, (key, axis, ticks)
+            assert all(float(t).is_integer() for t in ticks), (key, axis, ticks)
+    usage = figures["tool_usage"].axes[0]
+    assert all(float(t).is_integer() for t in _visible_ticks(usage, "x"))
+
+
+def test_tick_and_title_text_is_readable(tmp_path: Path) -> None:
+    figures = build_figures(load_runs([make_run(tmp_path, "run")]))
+    for key, figure in figures.items():
+        for ax in figure.axes:
+            labels = ax.get_xticklabels() + ax.get_yticklabels()
+            assert all(label.get_fontsize() >= 11 for label in labels), key
+            assert ax.title.get_fontsize() >= 13, key
+
+
+@pytest.mark.parametrize(("top", "title"), [(15, "top 2 of 2 tools"), (1, "top 1 of 2 tools")])
+def test_usage_title_says_top_n_of_m(tmp_path: Path, top: int, title: str) -> None:
+    runs = load_runs([make_run(tmp_path, "run")])  # two tools: mean and days
+    figure = build_figures(runs, top=top)["tool_usage"]
+    assert figure.axes[0].get_title() == f"insitu: {title} by calls"
+    assert len(figure.axes[0].patches) == min(top, 2)
+    text = write_report([runs[0].path], top=top).read_text(encoding="utf-8")
+    assert f"insitu: {title} by calls" in text
+    assert "Top 15" not in text
+
+
+# --------------------------------------------------------------------------- several runs
+
+
+def test_a_batch_size_sweep_overlays_every_run(tmp_path: Path) -> None:
+    dirs = sample_runs(tmp_path)
+    runs = load_runs(dirs)
+    labels = ["insitu B=2", "insitu B=4"]
+    assert [r.label for r in runs] == labels
+    figures = build_figures(runs)
+    for key in ("egl", "library_size", "accuracy"):
+        lines = figures[key].axes[0].get_lines()
+        assert [line.get_label() for line in lines] == labels, key
+        assert all(len(line.get_xdata()) > 1 for line in lines), key
+    accuracy = figures["accuracy"].axes[0].get_lines()
+    assert accuracy[0].get_ydata()[-1] == accuracy[1].get_ydata()[-1] == 0.75
+    assert list(accuracy[0].get_xdata()) == list(range(2, 17, 2))
+    assert list(accuracy[1].get_xdata()) == [4, 8, 12, 16]
+
+    page = write_report(dirs, out_dir=tmp_path / "out")
+    text = page.read_text(encoding="utf-8")
+    compared = text[text.index("<h2>Runs compared</h2>") :]
+    compared = compared[: compared.index("</table>")]
+    assert re.findall(r"<tr><td>(.*?) <strong>", compared) == labels
+    assert "<th>batch size</th>" in compared
+    rows = task_rows(page)
+    assert [sum(1 for b, _, _ in rows if b == i) for i in (0, 1)] == [16, 16]
+    across = text[text.index('id="tasks-across-runs"') :]
+    assert "of 16 tasks have different outcomes" in across
+    assert_offline(page, single_file=True)
+
+
+def test_an_eval_folder_stands_for_its_systems(tmp_path: Path) -> None:
+    root = tmp_path / "cmp"
+    make_run(root, "no-reuse", system="no-reuse")
+    make_run(root, "insitu", system="insitu")
+    systems = [{"system": s, "run_dir": str(root / s)} for s in ("insitu", "no-reuse")]
+    (root / "comparison.json").write_text(json.dumps({"systems": systems}))
+    assert resolve_run_dirs([root]) == [root / "insitu", root / "no-reuse"]
+    page = write_report([root])
+    assert page == root / REPORT_FILE
+    assert [r.label for r in load_runs([root])] == ["insitu", "no-reuse"]
+
+
+def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ReportError, match="not a run folder"):
+        load_run(tmp_path / "notes")
+    result = invoke(str(tmp_path / "notes"))
+    assert result.exit_code == EXIT_CONFIG
+    assert "not a run folder" in result.stderr and "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- errors
@@ -476,8 +698,15 @@ def test_cli_writes_the_report(tmp_path: Path) -> None:
     assert "no-reuse" in result.stderr
     text = (out / REPORT_FILE).read_text(encoding="utf-8")
     assert SCRIPTED_BANNER in text and "no-reuse" in text
-    assert "(top 1; versions merged)" in text
-    assert len(assert_offline(out / REPORT_FILE)) == len(PLOTS)
+    assert "the top 1 per run (versions merged)" in text
+    assert len(assert_offline(out / REPORT_FILE, single_file=True)) == len(PLOTS)
+
+
+def test_cli_linked_images(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a")
+    result = invoke(str(a), "--linked-images")
+    assert result.exit_code == EXIT_OK, result.output
+    assert len(assert_offline(a / REPORT_FILE, single_file=False)) == len(PLOTS)
 
 
 def test_cli_defaults_to_the_first_run_folder(tmp_path: Path) -> None:
@@ -545,4 +774,11 @@ def test_report_on_a_real_scripted_evolve_run(store: Any, sandbox: Any, tmp_path
     assert SCRIPTED_BANNER in text
     assert len(assert_offline(page)) == len(PLOTS)
     figures = build_figures(runs)
-    assert all(len(figures[k].axes[0].texts) == 0 for k in PLOTS), "a plot says no data"
+    ungraded = {"accuracy"}  # evolve does not grade; insitu eval does
+    for key in set(PLOTS) - ungraded:
+        assert "no data" not in figure_texts(figures[key]), f"{key} says no data"
+        assert SCRIPTED_FIGURE_MARK in figure_texts(figures[key]), key
+    # Every JSONL line of a scripted run carries the mark.
+    for name in ("predictions.jsonl", "steps.jsonl"):
+        lines = (run_dir / name).read_text(encoding="utf-8").splitlines()
+        assert lines and all(json.loads(line)["scripted"] is True for line in lines), name
