@@ -334,7 +334,8 @@ def test_export_and_import_errors(library: Path, tmp_path: Path) -> None:
     assert (busy / "notes.txt").read_text() == "mine"
     result = cli(library, "import", str(tmp_path / "absent"))
     assert result.exit_code == 2 and "does not exist" in result.output
-    failed(cli(library, "import", str(busy)), EXIT_CONFIG, "holds no manifest.json")  # a bad argument
+    # a folder that is not an export is a bad argument
+    failed(cli(library, "import", str(busy)), EXIT_CONFIG, "holds no manifest.json")
 
 
 # ---------------------------------------------------------------------- reindex
