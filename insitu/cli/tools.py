@@ -28,17 +28,28 @@ def _rate(record: Any) -> str:
     return f"{100 * stats.successes / stats.calls:.0f}" if stats.calls else "-"
 
 
-def tools_table(records: list[Any], title: str) -> Table:
-    """Render tool records as a table."""
+def tools_table(
+    records: list[Any], title: str, scores: dict[str, tuple[str, str]] | None = None
+) -> Table:
+    """Render tool records as a table (with ``scores``: name -> utility and ROI cells)."""
     table = Table(title=escape(title), title_justify="left")
-    for column in ("name", "ver", "status", "calls", "ok %", "description"):
-        table.add_column(column, overflow="fold")
+    columns = ["name", "ver", "status", "calls", "ok %", "description"]
+    if scores is not None:
+        columns[5:5] = ["utility", "roi"]
+    for column in columns:
+        # The wider scored table folds descriptions first, never names.
+        table.add_column(column, overflow="fold", no_wrap=scores is not None and column == "name")
     for r in records:
         status = r.status + (" (locked)" if r.locked else "")
-        table.add_row(
-            *map(cell, (r.name, r.version, status, r.stats.calls, _rate(r), r.description[:90]))
-        )
+        row = [r.name, r.version, status, r.stats.calls, _rate(r), r.description[:90]]
+        if scores is not None:
+            row[5:5] = scores.get(r.name, ("-", "-"))
+        table.add_row(*map(cell, row))
     return table
+
+
+#: ``tools list --sort`` (largest or newest first, except names; see cli/library.py).
+_SORTS = ("name", "calls", "utility", "roi", "created")
 
 
 @click.group()
@@ -49,14 +60,27 @@ def tools() -> None:
 
 @tools.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include archived tools.")
+@click.option(
+    "--sort",
+    type=click.Choice(_SORTS),
+    default="name",
+    show_default=True,
+    help="Order: by name, or largest first by calls, utility, ROI or creation time (the "
+    "last two add utility and ROI columns).",
+)
 @settings_options
 @click.pass_obj
-def tools_list(settings: InsituContext, show_all: bool) -> None:
-    """List the library's tools."""
+def tools_list(settings: InsituContext, show_all: bool, sort: str) -> None:
+    """List the library's tools (docs/library.md explains utility and ROI)."""
+    from insitu.cli.library import sort_records
+
     with opened_store(settings, read_only=True) as store:
         records = store.list(status="all" if show_all else "active")
-        which = "" if show_all else " active"
-        out.print(tools_table(records, f"{len(records)}{which} tool(s) in {settings.store_dir}"))
+        scores = sort_records(store, settings, records, sort, include_archived=show_all)
+    which = "" if show_all else " active"
+    out.print(
+        tools_table(records, f"{len(records)}{which} tool(s) in {settings.store_dir}", scores)
+    )
 
 
 @tools.command("show")
@@ -105,6 +129,10 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
                 **plain,
             )
         out.print(f"stats: {json.dumps(r.stats.model_dump(mode='json'))}", **plain)
+        from insitu.cli.library import value_lines
+
+        for line in value_lines(store, settings, r.name):
+            out.print(line, **plain)
         out.print("input schema: " + json.dumps(r.input_schema), **plain)
         out.print("output schema: " + json.dumps(r.output_schema), **plain)
         out.print(f"tests: {', '.join(t.name for t in r.tests) or '-'}", **plain)
@@ -247,10 +275,21 @@ def tools_export(settings: InsituContext, directory: str) -> None:
     is_flag=True,
     help="Do not run the tools' tests in the sandbox first (recorded in each version's note).",
 )
+@click.option(
+    "--as-new-version",
+    is_flag=True,
+    help="Import the tools whose source was edited since the export as new versions "
+    "(their exported tests are run; --force for locked tools).",
+)
 @settings_options
 @click.pass_obj
 def tools_import(
-    settings: InsituContext, directory: str, on_conflict: str, force: bool, trust: bool
+    settings: InsituContext,
+    directory: str,
+    on_conflict: str,
+    force: bool,
+    trust: bool,
+    as_new_version: bool,
 ) -> None:
     """Import a library exported with `insitu tools export` (all or nothing).
 
@@ -261,6 +300,13 @@ def tools_import(
     from insitu.services import ConfigurationError, open_sandbox
     from insitu.tool_store.exchange import ImportVerificationError, import_library
 
+    if as_new_version:
+        from insitu.cli.library import import_edited_tools
+
+        if trust:
+            fail("--as-new-version always runs the tests: drop --trust", EXIT_CONFIG)
+        import_edited_tools(settings, Path(directory), force=force)
+        return
     sandbox = None
     if not trust:
         try:
