@@ -293,6 +293,43 @@ class InsituContext:
         maximum=1.0,
     )
 
+    utility_half_life_days: float = _describe(
+        "Days without use after which a tool's utility score halves (its recency; see "
+        "docs/library.md).",
+        30.0,
+        above=0,
+    )
+    prune_min_utility: float | None = _describe(
+        "After each batch, archive the tools whose utility score is below this (never locked "
+        "ones, nor those the batch added or changed); None: never automatically (`insitu tools "
+        "prune` still can).",
+        None,
+        minimum=0,
+    )
+    prune_grace_days: float = _describe(
+        "Tools whose first version is younger than this many days are never pruned.",
+        7.0,
+        minimum=0,
+    )
+    revive_archived: bool = _describe(
+        "When the Manager's retrieval ranks a pruned (archived for low utility) tool first for "
+        "a task, restore it to the library instead of building it again.",
+        True,
+    )
+    revive_min_similarity: float = _describe(
+        "The least cosine similarity between a task and a pruned tool for the tool to be "
+        "revived (see revive_archived).",
+        0.5,
+        minimum=-1.0,
+        maximum=1.0,
+    )
+    retention_days: float = _describe(
+        "insitu gc: workspaces and checkpoint threads idle for longer than this many days are "
+        "removed (never those of unfinished runs or paused threads).",
+        30.0,
+        minimum=0,
+    )
+
     def __init__(self, **values: Any) -> None:
         """Take the given settings, every other one from the environment, else its default.
 

@@ -40,10 +40,11 @@ from insitu.nodes.common import (
     usage_update,
 )
 from insitu.nodes.reflection import calls_commit_id
-from insitu.nodes.tool_developer import BuildError, develop_tool
+from insitu.nodes.tool_developer import BuildError, build_cost, develop_tool
 from insitu.services import Services
 from insitu.structured import StructuredOutputError, TokenUsage, parse_reply
 from insitu.tool_store import ChangeSet, ToolRecord, ToolSpec, ToolStore, ToolTest
+from insitu.tool_store.contract import BuildCost
 from insitu.tool_store.errors import StoreError
 
 ROLE = "absorber"
@@ -198,9 +199,11 @@ def _merge_changes(
     members: Sequence[ToolRecord],
     library_names: set[str],
     batch_id: str,
+    cost: BuildCost | None = None,
 ) -> list[str]:
     """Append one merge to ``changes``; return the library tools it archives."""
     merged_from = [m.ref for m in members]
+    paid = {"creation_cost_tokens": cost.total_tokens, "build_cost": cost} if cost else {}
     if keeper.name in library_names:
         changes.update(
             keeper.name,
@@ -209,6 +212,7 @@ def _merge_changes(
             merged_from=merged_from,
             created_by_task=batch_id,
             note="merged by absorbing",
+            **paid,
         )
     else:
         changes.add(
@@ -217,6 +221,7 @@ def _merge_changes(
             created_by_task=batch_id,
             note="merged by absorbing",
             merged_from=merged_from,
+            **paid,
         )
     archived = [m.name for m in members if m.name != keeper.name and m.name in library_names]
     for name in archived:
@@ -297,11 +302,12 @@ def absorb_batch(
             report.groups_confirmed += 1
             keeper = choose_keeper(chosen, library_names)
             emit("merging", f"merging {', '.join(names)} into {keeper.name}", tools=names)
+            merge_usage = TokenUsage()  # this merge's own cost, kept with the merged version
             try:
                 spec = develop_tool(
                     merger_prompt(keeper.name, chosen),
                     name=keeper.name,
-                    call=model_caller(ROLE, services, context, usage),
+                    call=model_caller(ROLE, services, context, merge_usage),
                     sandbox=services.sandbox(context),
                     scratch_dir=scratch_dir,
                     max_attempts=context.max_build_attempts,
@@ -315,7 +321,10 @@ def absorb_batch(
                 report.endpoint_error = exc.one_line()
                 emit("endpoint_failed", f"absorbing stopped: {exc.one_line()}", role=ROLE)
                 break
-            archived = _merge_changes(changes, keeper, spec, chosen, library_names, batch_id)
+            finally:
+                usage.add(merge_usage)
+            cost = build_cost(ROLE, merge_usage, services, context)
+            archived = _merge_changes(changes, keeper, spec, chosen, library_names, batch_id, cost)
             report.archived += archived
             report.merged.append({"into": keeper.name, "from": names})
             merged_away |= set(names)
@@ -385,8 +394,46 @@ def commit_batch(
         except StoreError as exc:
             emit("stats_failed", f"the library refused the batch's call statistics: {exc}")
             commit["calls_error"] = str(exc)
+    if context.prune_min_utility is not None and not context.freeze_library:
+        commit["pruned"] = _prune_after_batch(store, context, changes)
     # The marker that the batch is done (evolve trusts nothing else: see graphs/evolve.py).
     return {"commit": commit, "finished_at": datetime.now(UTC).isoformat()}
+
+
+def _prune_after_batch(
+    store: ToolStore, context: InsituContext, changes: ChangeSet
+) -> list[dict[str, Any]]:
+    """The automatic prune policy (``prune_min_utility``), after the batch's commit.
+
+    The tools the batch added or changed are exempt (they have had no chance
+    to be reused yet). Re-running it on a resumed batch is harmless: archiving
+    an archived tool changes nothing.
+
+    Returns:
+        ``{"name", "utility", "reason"}`` of each tool archived.
+    """
+    from insitu.tool_store.pruning import apply_prune, plan_prune
+
+    assert context.prune_min_utility is not None
+    touched = {c.spec.name if c.kind == "add" else c.name for c in changes.changes}
+    try:
+        plan = apply_prune(
+            store,
+            plan_prune(
+                store,
+                min_utility=context.prune_min_utility,
+                half_life_days=context.utility_half_life_days,
+                grace_days=context.prune_grace_days,
+                exempt=touched,
+            ),
+        )
+    except StoreError as exc:
+        emit("prune_failed", f"the library refused the prune: {exc}")
+        return []
+    archived = [d for d in plan.to_archive if d.name in plan.archived]
+    if archived:
+        emit("pruned", f"archived {len(archived)} low-utility tool(s)")
+    return [{"name": d.name, "utility": round(d.utility, 4), "reason": d.reason} for d in archived]
 
 
 def _commit_changes(store: ToolStore, batch_id: str, changes: ChangeSet) -> dict[str, Any]:

@@ -64,8 +64,15 @@ class ManagerDecision(BaseModel):
 def retrieve_candidates(
     state: EpisodeState, services: Services, context: InsituContext
 ) -> list[Candidate]:
-    """Return the library's top-k tools for the task plus this episode's own tools."""
-    hits = services.store(context).search(state["task"], k=context.retrieval_k)
+    """Return the library's top-k tools for the task plus this episode's own tools.
+
+    A pruned tool that the task would have found first is revived beforehand
+    (``revive_archived``), so that it is bound instead of being built again.
+    """
+    store = services.store(context)
+    if context.revive_archived and not context.freeze_library:
+        revive_pruned_tool(store, state, context)
+    hits = store.search(state["task"], k=context.retrieval_k)
     candidates = [
         Candidate(
             name=h.record.name,
@@ -91,6 +98,30 @@ def retrieve_candidates(
                     )
                 )
     return candidates
+
+
+def revive_pruned_tool(store: Any, state: EpisodeState, context: InsituContext) -> None:
+    """Restore the pruned tool a search for the task ranks first (see tool_store/pruning.py).
+
+    A store that refuses the restore leaves the plan as it was: reviving is an
+    optimisation, never a reason for a task to fail.
+    """
+    from insitu.tool_store.errors import StoreError
+    from insitu.tool_store.pruning import revive_for_task
+
+    try:
+        revived = revive_for_task(
+            store,
+            state["task"],
+            k=context.retrieval_k,
+            min_similarity=context.revive_min_similarity,
+            why=f"task {state.get('task_id') or '?'}",
+        )
+    except StoreError as exc:
+        emit("revive_failed", f"could not revive an archived tool: {exc}")
+        return
+    if revived is not None:
+        emit("revived", f"revived the archived tool {revived.name}", tool=revived.name)
 
 
 def validate_decision(

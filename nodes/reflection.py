@@ -23,7 +23,13 @@ from insitu.graphs.state import EpisodeMetrics, EpisodeState
 from insitu.llm import ModelEndpointError
 from insitu.nodes.common import ask_text, model_caller, prompt_messages, settings, usage_update
 from insitu.nodes.executor import TOOL_FAULTS
-from insitu.nodes.tool_developer import BuildError, local_record, repair_tool, scratch_dir_for
+from insitu.nodes.tool_developer import (
+    BuildError,
+    build_cost,
+    local_record,
+    repair_tool,
+    scratch_dir_for,
+)
 from insitu.services import Services
 from insitu.structured import TokenUsage
 from insitu.tool_store import ChangeSet, ToolRecord
@@ -117,11 +123,12 @@ def repair_failed_tools(
         if base.locked:
             emit("skipped", f"not repairing {name}: it is locked", tool=name)
             continue
+        repair_usage = TokenUsage()  # this repair's own cost, kept with its version
         try:
             spec = repair_tool(
                 base,
                 failing_call,
-                call=model_caller(ROLE, services, context, usage),
+                call=model_caller(ROLE, services, context, repair_usage),
                 sandbox=services.sandbox(context),
                 scratch_dir=scratch_dir_for(workdir),
                 workdir=workdir,
@@ -133,12 +140,14 @@ def repair_failed_tools(
         except ModelEndpointError as exc:
             emit("repair_failed", f"repairs stopped: {exc.one_line()}", tool=name)
             break
+        finally:
+            usage.add(repair_usage)
         record = local_record(
             spec,
             task_id=state["task_id"],
             origin="repaired",
             base=base,
-            cost_tokens=usage.total_tokens,
+            cost=build_cost(ROLE, repair_usage, services, context),
         )
         repaired[name] = record.model_dump(mode="json")
     return {"repaired_tools": repaired, "usage": usage_update(ROLE, usage)}

@@ -47,7 +47,7 @@ from insitu.structured import (
     unreadable_reason,
 )
 from insitu.tool_store.admission import AdmissionError, admit_tool
-from insitu.tool_store.contract import ToolRecord, ToolSpec, ToolTest
+from insitu.tool_store.contract import BuildCost, ToolRecord, ToolSpec, ToolTest
 
 ROLE = "tool_developer"
 
@@ -248,6 +248,18 @@ def repair_tool(
     )
 
 
+def build_cost(
+    role: str, usage: TokenUsage, services: Services, context: InsituContext
+) -> BuildCost:
+    """What a role's model spent building one version (kept per version by the commit)."""
+    from insitu.llm import endpoint_of
+
+    model, _url = endpoint_of(services.chat_model(role, context), context, role)
+    return BuildCost(
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, model=model, role=role
+    )
+
+
 def local_record(
     spec: ToolSpec,
     *,
@@ -255,11 +267,13 @@ def local_record(
     origin: str = "generated",
     cost_tokens: int = 0,
     base: ToolRecord | None = None,
+    cost: BuildCost | None = None,
 ) -> ToolRecord:
     """Make the episode-local record of a freshly built or repaired tool.
 
     A repair of a library tool gets the next version number and lineage; a new
     tool is version 1. The store assigns final versions when it commits.
+    ``cost`` (what building it cost) sets ``cost_tokens`` to its total too.
     """
     version = base.version + 1 if base is not None and origin == "repaired" else 1
     record = ToolRecord(
@@ -270,7 +284,8 @@ def local_record(
         created_by_task=task_id,
         parent_version=base.version if base is not None and origin == "repaired" else None,
     )
-    record.stats.creation_cost_tokens = cost_tokens
+    record.stats.creation_cost_tokens = cost.total_tokens if cost is not None else cost_tokens
+    record.build_cost = cost
     return record
 
 
@@ -334,7 +349,7 @@ def _build_one(
                 task_id=task_id,
                 base=base,
                 origin="generated" if is_local else "repaired",
-                cost_tokens=usage.total_tokens,
+                cost=build_cost(ROLE, usage, services, context),
             )
             return BuildResult(request, usage, record=record, is_library_repair=not is_local)
         spec = develop_tool(
@@ -345,7 +360,9 @@ def _build_one(
             scratch_dir=scratch,
             max_attempts=context.max_build_attempts,
         )
-        record = local_record(spec, task_id=task_id, cost_tokens=usage.total_tokens)
+        record = local_record(
+            spec, task_id=task_id, cost=build_cost(ROLE, usage, services, context)
+        )
         return BuildResult(request, usage, record=record)
     except BuildError as exc:
         failure = BuildFailure(

@@ -110,11 +110,14 @@ def test_every_setting_has_its_insitu_variable(monkeypatch: pytest.MonkeyPatch) 
         if choices:  # a choice: any other than the default
             text = next(c for c in choices if c != default)
         elif default is None:
-            text = "0.5" if name == "absorb_threshold" else "a,b" if "packages" in name else "u"
+            numeric = name in ("absorb_threshold", "prune_min_utility")
+            text = "0.5" if numeric else "a,b" if "packages" in name else "u"
         elif isinstance(default, bool):
             text = "false" if default else "true"
         else:
             text = samples[type(default)]
+            if text == str(default):  # the sample is this setting's default: another one
+                text = "0.25"
         monkeypatch.setenv(env_name(name), text)
     context = InsituContext()
     unchanged = [name for name in SETTING_NAMES if getattr(context, name) == default_value(name)]

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from insitu.tool_store.contract import ToolOrigin, ToolRecord, ToolSpec
+from insitu.tool_store.contract import BuildCost, ToolOrigin, ToolRecord, ToolSpec
 
 IfExists = Literal["error", "skip", "update"]
 
@@ -36,6 +36,9 @@ class ToolAdd(BaseModel):
         default_factory=list, description="Refs (name@version) of the tools this one replaces."
     )
     creation_cost_tokens: int = Field(default=0, ge=0)
+    build_cost: BuildCost | None = Field(
+        default=None, description="Tokens and model that built it, kept per version."
+    )
     if_exists: IfExists = Field(
         default="error",
         description=(
@@ -63,6 +66,9 @@ class ToolUpdate(BaseModel):
         description="Fail with VersionConflictError unless this is still the current version.",
     )
     creation_cost_tokens: int = Field(default=0, ge=0, description="Added to the tool's cost.")
+    build_cost: BuildCost | None = Field(
+        default=None, description="Tokens and model that built it, kept per version."
+    )
     force: bool = Field(default=False, description="Update even if the tool is locked.")
 
 
@@ -147,6 +153,7 @@ class ChangeSet(BaseModel):
                 created_by_task=r.created_by_task or task_id,
                 note=r.note,
                 creation_cost_tokens=r.stats.creation_cost_tokens,
+                build_cost=r.build_cost,
                 if_exists=if_exists,
             )
             for r in new
@@ -161,6 +168,7 @@ class ChangeSet(BaseModel):
                 merged_from=list(r.merged_from),
                 expected_version=r.parent_version,
                 creation_cost_tokens=r.stats.creation_cost_tokens,
+                build_cost=r.build_cost,
             )
             for r in repaired
         ]

@@ -248,6 +248,25 @@ class ToolSpec(BaseModel):
         return tool_text(self.name, self.description, schema_inputs(self.input_schema))
 
 
+class BuildCost(BaseModel):
+    """What building one version of a tool cost: the model tokens its builder spent.
+
+    Set on the episode-local record of a tool built, repaired or merged, and
+    carried with its change into the commit, where the library keeps it per
+    version (:mod:`insitu.tool_store.costs`) for the tool's return on investment.
+    """
+
+    input_tokens: int = Field(default=0, ge=0, description="Prompt tokens of every attempt.")
+    output_tokens: int = Field(default=0, ge=0, description="Generated tokens of every attempt.")
+    model: str | None = Field(default=None, description="The model that built it (prices).")
+    role: str | None = Field(default=None, description="The role that built it.")
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
 class ToolStats(BaseModel):
     """Usage statistics of a tool, across its versions (mutable)."""
 
@@ -284,6 +303,11 @@ class ToolRecord(ToolSpec):
     status: ToolStatus = "active"
     locked: bool = False
     stats: ToolStats = Field(default_factory=ToolStats)
+    build_cost: BuildCost | None = Field(
+        default=None,
+        description="Episode-local records: what building this version cost. The library "
+        "keeps it per version (insitu.tool_store.costs), not on the records it returns.",
+    )
 
     @property
     def ref(self) -> str:

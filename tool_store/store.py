@@ -80,6 +80,7 @@ from insitu.tool_store.contract import (
     ToolStats,
     now_utc,
 )
+from insitu.tool_store.costs import record_build_cost
 from insitu.tool_store.errors import (
     DuplicateToolError,
     IndexUnavailableError,
@@ -1144,8 +1145,12 @@ class ToolStore:
         )
         return self.get(name)
 
-    def restore(self, name: str) -> ToolRecord:
+    def restore(self, name: str, reason: str | None = None) -> ToolRecord:
         """Make an archived tool active (and retrievable) again; no-op if active.
+
+        Args:
+            name: The tool.
+            reason: Why, kept in the event log (e.g. a search revived it).
 
         Raises:
             ToolNotFoundError: No such tool.
@@ -1161,7 +1166,7 @@ class ToolStore:
                     "changed_gen = ? WHERE name = ?",
                     (generation, name),
                 )
-                self._event(cur, name, "restore", None)
+                self._event(cur, name, "restore", reason)
             self._after_write([name])
             return self.get(name)
 
@@ -1471,6 +1476,7 @@ class ToolStore:
                 note=change.note,
                 merged_from=change.merged_from,
                 creation_cost_tokens=change.creation_cost_tokens,
+                build_cost=change.build_cost,
             )
             self._apply_update(cur, update, generation, now, commit_id, result, pending)
             return
@@ -1486,6 +1492,7 @@ class ToolStore:
             commit_id=commit_id,
             created_at=now,
         )
+        record_build_cost(cur, spec.name, 1, change.build_cost)
         cur.execute(
             "INSERT INTO tools (name, current_version, status, creation_cost_tokens, "
             "index_pending, changed_gen) VALUES (?, 1, 'active', ?, 1, ?)",
@@ -1543,6 +1550,7 @@ class ToolStore:
             commit_id=commit_id,
             created_at=now,
         )
+        record_build_cost(cur, change.name, version, change.build_cost)
         cur.execute(
             "UPDATE tools SET current_version = ?, index_pending = 1, changed_gen = ?, "
             "creation_cost_tokens = creation_cost_tokens + ? WHERE name = ?",

@@ -2,9 +2,9 @@
 
 One module per command group (``tools``, ``episode`` for run/demo, ``evolve``,
 ``eval``, ``report``, ``review``, ``mcp``, ``doctor``, ``studio``,
-``settings``); what they share (exit codes, settings options, store opening,
-error lines) is in :mod:`insitu.cli.common`, which imports none of them.
-Exit codes are documented there.
+``settings``, ``library`` for tools prune/add/roi and gc); what they share
+(exit codes, settings options, store opening, error lines) is in
+:mod:`insitu.cli.common`, which imports none of them. Exit codes are documented there.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from insitu.cli.doctor import doctor
 from insitu.cli.episode import demo, run
 from insitu.cli.eval import eval_group
 from insitu.cli.evolve import evolve_command
+from insitu.cli.library import gc_command, tools_add, tools_prune, tools_roi
 from insitu.cli.mcp import mcp_group, tools_add_mcp
 from insitu.cli.report import report
 from insitu.cli.review import tools_approve, tools_pending, tools_reject
@@ -65,7 +66,16 @@ for _command in (
     scripted_endpoint,
     tools,
     mcp_group,
+    gc_command,
 ):
     main.add_command(_command)
-for _command in (tools_pending, tools_approve, tools_reject, tools_add_mcp):
+for _command in (
+    tools_pending,
+    tools_approve,
+    tools_reject,
+    tools_add_mcp,
+    tools_prune,
+    tools_add,
+    tools_roi,
+):
     tools.add_command(_command)

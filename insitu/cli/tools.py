@@ -30,25 +30,31 @@ def _rate(record: Any) -> str:
     return f"{100 * stats.successes / stats.calls:.0f}" if stats.calls else "-"
 
 
-def tools_table(records: list[Any], title: str) -> Table:
+def tools_table(
+    records: list[Any], title: str, scores: dict[str, tuple[str, str]] | None = None
+) -> Table:
     """Render tool records as a table that fits the terminal.
 
     Names are shown whole (never wrapped mid-word: they are identifiers a user
     types back); descriptions take the width that is left and end in "…" when
     cut.
+
+    Args:
+        records: The tools, in the order shown.
+        title: The table's title.
+        scores: Name -> (utility, ROI) cells, shown as two more columns.
     """
-    rows = [
-        (
-            r.name,
-            str(r.version),
-            r.status + (" (locked)" if r.locked else ""),
-            str(r.stats.calls),
-            _rate(r),
-            r.description,
-        )
-        for r in records
-    ]
-    table = library_table(title, ("name", "ver", "status", "calls", "ok %"), rows)
+    columns = ["name", "ver", "status", "calls", "ok %"]
+    if scores is not None:
+        columns += ["utility", "roi"]
+    rows = []
+    for r in records:
+        row = [r.name, str(r.version), r.status + (" (locked)" if r.locked else "")]
+        row += [str(r.stats.calls), _rate(r)]
+        if scores is not None:
+            row += list(scores.get(r.name, ("-", "-")))
+        rows.append([*row, r.description])
+    table = library_table(title, columns, rows)
     table.caption = CALLS_CAPTION if records else None
     return table
 
@@ -95,7 +101,11 @@ def library_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[st
 #: The description column is never narrower than this (a narrower terminal wraps the rows).
 MIN_DESCRIPTION_WIDTH = 16
 #: Columns right-aligned as numbers.
-NUMERIC_COLUMNS = frozenset({"ver", "calls", "ok %", "match"})
+NUMERIC_COLUMNS = frozenset({"ver", "calls", "ok %", "match", "utility", "roi"})
+
+
+#: ``tools list --sort`` (largest or newest first, except names; see cli/library.py).
+_SORTS = ("name", "calls", "utility", "roi", "created")
 
 
 @click.group()
@@ -106,14 +116,27 @@ def tools() -> None:
 
 @tools.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include archived tools.")
+@click.option(
+    "--sort",
+    type=click.Choice(_SORTS),
+    default="name",
+    show_default=True,
+    help="Order: by name, or largest first by calls, utility, ROI or creation time (the "
+    "last two add utility and ROI columns).",
+)
 @settings_options
 @click.pass_obj
-def tools_list(settings: InsituContext, show_all: bool) -> None:
-    """List the library's tools."""
+def tools_list(settings: InsituContext, show_all: bool, sort: str) -> None:
+    """List the library's tools (docs/library.md explains utility and ROI)."""
+    from insitu.cli.library import sort_records
+
     with opened_store(settings, read_only=True) as store:
         records = store.list(status="all" if show_all else "active")
-        which = "" if show_all else " active"
-        out.print(tools_table(records, f"{len(records)}{which} tool(s) in {settings.store_dir}"))
+        scores = sort_records(store, settings, records, sort, include_archived=show_all)
+    which = "" if show_all else " active"
+    out.print(
+        tools_table(records, f"{len(records)}{which} tool(s) in {settings.store_dir}", scores)
+    )
 
 
 @tools.command("show")
@@ -162,6 +185,10 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
                 **plain,
             )
         out.print(f"stats: {json.dumps(r.stats.model_dump(mode='json'))}", **plain)
+        from insitu.cli.library import value_lines
+
+        for line in value_lines(store, settings, r.name):
+            out.print(line, **plain)
         out.print("input schema: " + json.dumps(r.input_schema), **plain)
         out.print("output schema: " + json.dumps(r.output_schema), **plain)
         out.print(f"tests: {', '.join(t.name for t in r.tests) or '-'}", **plain)
@@ -329,10 +356,21 @@ def tools_export(settings: InsituContext, directory: str) -> None:
     is_flag=True,
     help="Do not run the tools' tests in the sandbox first (recorded in each version's note).",
 )
+@click.option(
+    "--as-new-version",
+    is_flag=True,
+    help="Import the tools whose source was edited since the export as new versions "
+    "(their exported tests are run; --force for locked tools).",
+)
 @settings_options
 @click.pass_obj
 def tools_import(
-    settings: InsituContext, directory: str, on_conflict: str, force: bool, trust: bool
+    settings: InsituContext,
+    directory: str,
+    on_conflict: str,
+    force: bool,
+    trust: bool,
+    as_new_version: bool,
 ) -> None:
     """Import a library exported with `insitu tools export` (all or nothing).
 
@@ -348,6 +386,13 @@ def tools_import(
         read_export(directory)
     except CorruptManifestError as exc:
         fail(str(exc), EXIT_CONFIG)
+    if as_new_version:
+        from insitu.cli.library import import_edited_tools
+
+        if trust:
+            fail("--as-new-version always runs the tests: drop --trust", EXIT_CONFIG)
+        import_edited_tools(settings, Path(directory), force=force)
+        return
     sandbox = None
     if not trust:
         try:
