@@ -382,10 +382,6 @@ def tools_import(
     from insitu.tool_store.errors import CorruptManifestError
     from insitu.tool_store.exchange import ImportVerificationError, import_library, read_export
 
-    try:  # a folder that is not an export is a bad argument: nothing may be created for it
-        read_export(directory)
-    except CorruptManifestError as exc:
-        fail(str(exc), EXIT_CONFIG)
     if as_new_version:
         from insitu.cli.library import import_edited_tools
 
@@ -393,6 +389,10 @@ def tools_import(
             fail("--as-new-version always runs the tests: drop --trust", EXIT_CONFIG)
         import_edited_tools(settings, Path(directory), force=force)
         return
+    try:  # a folder that is not an export is a bad argument: nothing may be created for it
+        read_export(directory)
+    except CorruptManifestError as exc:
+        fail(str(exc), EXIT_CONFIG)
     sandbox = None
     if not trust:
         try:
