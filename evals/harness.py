@@ -44,13 +44,13 @@ from insitu.evolve import (
     summarize_run,
 )
 from insitu.services import open_sandbox
+from insitu.tool_store.costs import load_prices
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
 SYSTEMS = ("insitu", "insitu-frozen", "no-reuse", "python-interpreter")
 SCRIPTED_NOTE = "Produced with a scripted test model — these numbers are not model results."
-DEFAULT_PRICES = Path(__file__).with_name("prices.json")
 
 
 class SystemResult(BaseModel):
@@ -99,12 +99,6 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
     return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
-
-
-def load_prices(path: str | Path | None = None) -> dict[str, dict[str, float]]:
-    """Read a price table: ``{model: {"input": $ per 1M tokens, "output": $ per 1M}}``."""
-    table = json.loads(Path(path or DEFAULT_PRICES).read_text())
-    return {k: v for k, v in table.items() if not k.startswith("_")}
 
 
 def cost_of(

@@ -179,6 +179,10 @@ class Run:
             among the runs of one report by :func:`load_runs` (with the batch
             size, then the folder's name).
         warnings: Oddities worth showing in the report.
+        tool_roi: The run's library's tools with what each cost and saved
+            (:func:`insitu.tool_store.utility.tool_roi_rows`), read from the
+            library as it is when the report is written; empty when
+            ``run.json`` names no library or it cannot be read.
     """
 
     path: Path
@@ -187,6 +191,7 @@ class Run:
     predictions: list[Prediction]
     label: str = ""
     warnings: list[str] = field(default_factory=list)
+    tool_roi: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def system(self) -> str:
@@ -494,12 +499,29 @@ def load_run(run_dir: Path) -> Run:
         warnings=notes,
     )
     run.label = run.system
+    run.tool_roi = _library_roi(run, notes)
     # A task run again (a retry pass after an outage) has a line per run: the last counts.
     run.predictions = last_row_per_task(run.predictions, key=lambda p: p.id)
     numbers = [s.step for s in run.steps]
     if len(set(numbers)) != len(numbers):
         run.warnings.append(f"{STEPS_FILE} repeats step numbers")
     return run
+
+
+def _library_roi(run: Run, notes: list[str]) -> list[dict[str, Any]]:
+    """The ROI rows of the run's library (read-only), or none with a note saying why."""
+    store_dir = run.meta.get("store_dir")
+    if not isinstance(store_dir, str) or not (Path(store_dir) / "tools.db").is_file():
+        return []
+    from insitu.tool_store import ToolStore
+    from insitu.tool_store.utility import tool_roi_rows
+
+    try:
+        with ToolStore.open(store_dir, read_only=True) as store:
+            return tool_roi_rows(store)
+    except Exception as exc:  # a report is still worth writing without this table
+        notes.append(f"tool ROI left out: the library at {store_dir} could not be read ({exc})")
+        return []
 
 
 def _system_folders(folder: Path) -> list[Path]:

@@ -225,6 +225,48 @@ def _usage_tables(runs: Sequence[Run], top: int) -> str:
     return "".join(parts)
 
 
+#: The columns of the tool ROI tables.
+ROI_HEADERS = ("tool", "status", "cost tokens", "cost $", "reuses", "saved tokens", "ROI")
+
+
+def _roi_tables(runs: Sequence[Run], top: int) -> str:
+    """Per library, the tools that paid for themselves best and worst (docs/library.md)."""
+    parts = [
+        "<p>What each tool cost to build and repair (tokens of the ToolDeveloper, reflection "
+        "and absorbing), against an estimate of what its reuses saved: each successful reuse "
+        "is credited the tool's first build cost (* marks tools with no recorded build, "
+        "credited the library's mean). ROI = saved / cost. Read from the run's library as it "
+        "is now (see docs/library.md).</p>"
+    ]
+    shown: set[str] = set()
+    for run in runs:
+        library = str(run.meta.get("store_dir"))
+        if not run.tool_roi or library in shown:
+            continue
+        shown.add(library)
+        rows = sorted(run.tool_roi, key=lambda r: (r["roi"] is None, -(r["roi"] or 0.0), r["name"]))
+        heading = f"{run.label}: top {min(top, len(rows))} of {len(rows)} tools by ROI"
+        parts.append(f"<h3>{_e(heading)}</h3>")
+        body = (
+            [
+                (_e(r["name"]), False),
+                (_e(r["status"]), False),
+                (f"{r['cost_tokens']:,}", True),
+                (_e("-" if r["cost_usd"] is None else f"${r['cost_usd']:.4f}"), True),
+                (str(r["reuses"]), True),
+                (f"{r['saved_tokens']:,}{'*' if r['estimated_reference'] else ''}", True),
+                (_e("-" if r["roi"] is None else f"{r['roi']:.2f}"), True),
+            ]
+            for r in rows[:top]
+        )
+        parts.append(
+            _table(
+                ("tool", "status", "cost tokens", "cost $", "reuses", "saved tokens", "ROI"), body
+            )
+        )
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -534,6 +576,8 @@ def render_html(runs: Sequence[Run], images: Mapping[str, str], top: int = 15) -
         )
         if key == "tool_usage":
             parts.append(_usage_tables(runs, top))
+    if any(run.tool_roi for run in runs):
+        parts.append('<h2 id="tool-roi">Tool ROI</h2>\n' + _roi_tables(runs, top))
     parts.append('<h2 id="tasks">Tasks</h2>\n')
     parts.append(
         "<p>One row per task (its last run, if it was retried); the tasks that failed, are "

@@ -773,6 +773,14 @@ def test_report_on_a_real_scripted_evolve_run(store: Any, sandbox: Any, tmp_path
     text = page.read_text(encoding="utf-8")
     assert SCRIPTED_BANNER in text
     assert len(assert_offline(page)) == len(PLOTS)
+    # The library's tools with what they cost and saved (docs/library.md).
+    built = sorted({t.split("@")[0] for p in runs[0].predictions for t in p.tools_created})
+    assert built and sorted(r["name"] for r in runs[0].tool_roi) == sorted(
+        r.name for r in store.list(status="all")
+    )
+    roi = text.split('<h2 id="tool-roi">Tool ROI</h2>', 1)[1].split("<h2", 1)[0]
+    assert f"top {min(15, len(runs[0].tool_roi))} of {len(runs[0].tool_roi)} tools by ROI" in roi
+    assert all(f"<td>{name}</td>" in roi for name in built)
     figures = build_figures(runs)
     ungraded = {"accuracy"}  # evolve does not grade; insitu eval does
     for key in set(PLOTS) - ungraded:
