@@ -1,9 +1,14 @@
 """The reflection subgraph: runs after an episode's answer is written.
 
-update_tool_stats -> repair_failed_tools -> review_tools -> commit_tools -> summarize_episode
+update_tool_stats -> repair_failed_tools -> review_tools -> summarize_episode
+    -> distill_usage_notes -> harvest_cases -> commit_tools
 
 ``review_tools`` pauses for a human decision (a LangGraph interrupt) only when
-``tool_approval`` asks for it (see ``nodes/review.py``).
+``tool_approval`` asks for it (see ``nodes/review.py``). ``summarize_episode``
+writes the note and the episode's experience, ``distill_usage_notes`` and
+``harvest_cases`` what it learned about its tools (``nodes/learning.py``), and
+``commit_tools`` commits the tools with all of it in one transaction (or hands
+it to the batch).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing_extensions import TypedDict
 from insitu.context import CommitMode, InsituContext
 from insitu.graphs.state import (
     BuildFailure,
+    Candidate,
     EpisodeFailure,
     EpisodeMetrics,
     EpisodeState,
@@ -24,7 +30,7 @@ from insitu.graphs.state import (
     Invocation,
     TokenCounts,
 )
-from insitu.nodes import reflection, review
+from insitu.nodes import learning, reflection, review
 from insitu.services import Services
 
 
@@ -44,6 +50,11 @@ class ReflectionInput(TypedDict):
     report: NotRequired[ExecutorReport]
     rounds: NotRequired[int]
     executor_steps: NotRequired[int]
+    guidance: NotRequired[str]
+    bound_tools: NotRequired[list[str]]
+    candidates: NotRequired[list[Candidate]]
+    plan_error: NotRequired[str]
+    tokens_spent: NotRequired[int]
 
 
 class ReflectionOutput(TypedDict):
@@ -60,6 +71,7 @@ class ReflectionOutput(TypedDict):
     rejected_tools: NotRequired[list[dict[str, Any]]]
     reflection: str
     usage: dict[str, TokenCounts]
+    learning: NotRequired[dict[str, list[dict[str, Any]]]]
 
 
 def build_reflection_graph(
@@ -85,12 +97,18 @@ def build_reflection_graph(
         "repair_failed_tools", partial(reflection.repair_failed_tools, services=services)
     )
     builder.add_node("review_tools", partial(review.review_episode_tools, **bound))
-    builder.add_node("commit_tools", partial(reflection.commit_tools, **bound))
     builder.add_node("summarize_episode", partial(reflection.summarize_episode, services=services))
+    builder.add_node(
+        "distill_usage_notes", partial(learning.distill_usage_notes, services=services)
+    )
+    builder.add_node("harvest_cases", partial(learning.harvest_cases, services=services))
+    builder.add_node("commit_tools", partial(reflection.commit_tools, **bound))
     builder.add_edge(START, "update_tool_stats")
     builder.add_edge("update_tool_stats", "repair_failed_tools")
     builder.add_edge("repair_failed_tools", "review_tools")
-    builder.add_edge("review_tools", "commit_tools")
-    builder.add_edge("commit_tools", "summarize_episode")
-    builder.add_edge("summarize_episode", END)
+    builder.add_edge("review_tools", "summarize_episode")
+    builder.add_edge("summarize_episode", "distill_usage_notes")
+    builder.add_edge("distill_usage_notes", "harvest_cases")
+    builder.add_edge("harvest_cases", "commit_tools")
+    builder.add_edge("commit_tools", END)
     return builder

@@ -104,6 +104,9 @@ class Invocation(TypedDict):
     output_preview: str
     round: int
     at: NotRequired[str]  # when the call ended (ISO 8601, UTC)
+    # The whole output of a successful call when it is small (reflection may keep it as a
+    # regression case of the tool, see nodes/learning.py); absent otherwise.
+    output: NotRequired[Any]
 
 
 class EpisodeFailure(TypedDict):
@@ -175,6 +178,9 @@ class EpisodeOutput(TypedDict):
     metrics: EpisodeMetrics
     usage: dict[str, TokenCounts]
     reflection: str
+    # What the episode learned, when its commit is deferred (a batch commits it):
+    # {"experiences": [...], "usage_notes": [...], "cases": [...]} (tool_store/learning.py)
+    learning: NotRequired[dict[str, list[dict[str, Any]]]]
 
 
 class EpisodeState(TypedDict, total=False):
@@ -210,6 +216,7 @@ class EpisodeState(TypedDict, total=False):
     # Integrator and reflection
     answer: str
     status: EpisodeStatus
+    tokens_spent: int  # by the roles until the answer was written (for the experience)
     usage: Annotated[dict[str, TokenCounts], merge_usage]
     tools_used: list[str]
     tools_created: list[str]
@@ -219,6 +226,11 @@ class EpisodeState(TypedDict, total=False):
     commit_error: str
     metrics: EpisodeMetrics
     reflection: str
+    # what reflection learned (nodes/learning.py), committed with the tools or deferred
+    experience: dict[str, Any]  # an Experience (tool_store/learning.py)
+    usage_notes: dict[str, str]  # tool name -> how to call it
+    harvested_cases: list[dict[str, Any]]  # HarvestedCase dicts
+    learning: dict[str, list[dict[str, Any]]]
     # a human reviewer (tool_approval): tools kept out of the library, with the reason
     rejected_tools: Annotated[list[dict[str, Any]], operator.add]
     # any role

@@ -173,6 +173,30 @@ class InsituContext:
         "Embedding model for retrieval: the bundled MiniLM, or 'hashing' (tests only).", "minilm"
     )
     retrieval_k: int = _describe("Candidate tools the Manager retrieves per task.", 8, minimum=1)
+    experiences_top_k: int = _describe(
+        "Experiences of similar earlier tasks shown to the Manager next to its candidate tools "
+        "(0: none; see docs/learning.md).",
+        3,
+        minimum=0,
+    )
+    experiences_max_chars: int = _describe(
+        "Most characters the experiences may take in the Manager's prompt, heading included; "
+        "longer ones are cut to fit.",
+        1200,
+        minimum=0,
+    )
+    usage_notes_max_chars: int = _describe(
+        "Longest usage note (how to call a tool, distilled by reflection from its calls) kept "
+        "per tool version and shown to the Executor (0: no notes are distilled).",
+        600,
+        minimum=0,
+    )
+    harvested_cases_per_tool: int = _describe(
+        "Successful calls kept per tool as regression cases that its repairs and merges must "
+        "reproduce (0: none are harvested).",
+        5,
+        minimum=0,
+    )
 
     sandbox_backend: Literal["auto", "bwrap", "degraded"] = _describe(
         "Sandbox backend: bubblewrap isolation, or the degraded rlimits-only process. 'auto' "

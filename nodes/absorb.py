@@ -9,12 +9,15 @@ Three steps, none of which reads the whole library:
    are functional duplicates, or splits the group.
 3. **Merger** (the ToolDeveloper's loop): writes one general tool per confirmed
    set, admitted only if it passes the union of the members' tests in the
-   sandbox; otherwise the members stay as they are and the rejection is
-   reported.
+   sandbox and reproduces the calls harvested from their real use (the
+   library's and the batch's own); otherwise the members stay as they are and
+   the rejection is reported.
 
 The result is one ``ChangeSet`` (repairs, new tools, merges with their
-archives) that ``commit_batch`` applies atomically and idempotently, so the
-library after a batch is either the old one or the new one.
+archives, and what the episodes learned: experiences, usage notes, harvested
+cases) that ``commit_batch`` applies atomically and idempotently, so the
+library after a batch is either the old one or the new one. The learning
+records follow the merges in that commit (``tool_store/learning.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from insitu.nodes.common import (
     settings,
     usage_update,
 )
+from insitu.nodes.learning import collect_learning
 from insitu.nodes.reflection import calls_commit_id
 from insitu.nodes.tool_developer import BuildError, build_cost, develop_tool
 from insitu.services import Services
@@ -174,6 +178,23 @@ def merged_tests(members: Sequence[ToolRecord]) -> list[ToolTest]:
     ]
 
 
+def merged_harvested(
+    members: Sequence[ToolRecord], store: ToolStore, batch_cases: ChangeSet
+) -> list[ToolTest]:
+    """The calls harvested from the members' real use, which a merge must reproduce.
+
+    The library's cases of library members, and the cases the batch's episodes
+    harvested from its new members (not committed yet); one case per name.
+    """
+    found: dict[str, ToolTest] = {}
+    for member in members:
+        cases = [c.case for c in store.harvested_cases(member.name)]
+        cases += [c.case for c in batch_cases.cases if c.name == member.name]
+        for case in cases:
+            found.setdefault(case.name, case)
+    return list(found.values())
+
+
 def merger_prompt(keeper: str, members: Sequence[ToolRecord]) -> list[BaseMessage]:
     """Render the Merger's request for one confirmed set of duplicates."""
     sections = []
@@ -258,6 +279,13 @@ def absorb_batch(
     # Repairs first, as a single episode would commit them (with their expected version).
     changes = ChangeSet.from_episode(repaired=repairs)
     changes.note = f"absorb {batch_id}"
+    # What the episodes learned goes with the batch's commit and follows its merges there.
+    learned = collect_learning(list(results))
+    changes.experiences, changes.usage_notes, changes.cases = (
+        learned.experiences,
+        learned.usage_notes,
+        learned.cases,
+    )
     report.repaired = [r.name for r in repairs]
     if not new:
         return changes, report, usage
@@ -312,6 +340,7 @@ def absorb_batch(
                     scratch_dir=scratch_dir,
                     max_attempts=context.max_build_attempts,
                     kept_tests=merged_tests(chosen),
+                    harvested=merged_harvested(chosen, store, learned),
                 )
             except BuildError as exc:
                 report.merge_rejected.append({"members": names, "reason": exc.reason[-800:]})
@@ -383,7 +412,9 @@ def commit_batch(
     context = settings(runtime)
     changes = ChangeSet.model_validate(state.get("changes") or {})
     store = services.store(context)
-    commit = _commit_changes(store, state.get("batch_id") or "batch", changes)
+    commit = _commit_changes(
+        store, state.get("batch_id") or "batch", changes, context.harvested_cases_per_tool
+    )
     calls = [c for r in state.get("results") or [] for c in r.get("library_calls") or []]
     if calls and not context.freeze_library:
         batch_id = state.get("batch_id")
@@ -436,16 +467,32 @@ def _prune_after_batch(
     return [{"name": d.name, "utility": round(d.utility, 4), "reason": d.reason} for d in archived]
 
 
-def _commit_changes(store: ToolStore, batch_id: str, changes: ChangeSet) -> dict[str, Any]:
+def _commit_changes(
+    store: ToolStore, batch_id: str, changes: ChangeSet, cases_per_tool: int
+) -> dict[str, Any]:
     if not len(changes):
         return {"applied": False, "summary": "nothing to commit"}
     commit_id = batch_commit_id(batch_id, changes)
     try:
-        result = store.commit(changes, commit_id=commit_id)
+        result = store.commit(changes, commit_id=commit_id, cases_per_tool=cases_per_tool)
     except StoreError as exc:
         # Nothing was written (the commit is one transaction): the library is as it was.
         emit("commit_failed", f"the library refused the batch's changes: {exc}")
-        return {"applied": False, "summary": f"refused: {exc}", "error": str(exc)}
+        refused = {"applied": False, "summary": f"refused: {exc}", "error": str(exc)}
+        learned = ChangeSet(
+            experiences=changes.experiences, usage_notes=changes.usage_notes, cases=changes.cases
+        )
+        if learned.learned():  # what the episodes learned is kept all the same
+            try:
+                result = store.commit(
+                    learned,
+                    commit_id=batch_commit_id(batch_id, learned),
+                    cases_per_tool=cases_per_tool,
+                )
+                refused["learning"] = result.summary()
+            except StoreError as again:
+                emit("commit_failed", f"the library refused the batch's learning: {again}")
+        return refused
     emit("committed", f"committed {result.summary()} to the library")
     return {
         "applied": True,

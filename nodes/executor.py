@@ -10,6 +10,7 @@ its own is reported as broken automatically.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -56,7 +57,8 @@ from insitu.structured import (
 )
 from insitu.tool_store.adapter import as_structured_tool
 from insitu.tool_store.contract import now_utc
-from insitu.tool_store.errors import ToolNotFoundError
+from insitu.tool_store.errors import StoreError, ToolNotFoundError
+from insitu.tool_store.learning import MAX_CASE_CHARS
 from insitu.tool_store.mcp_tools import as_mcp_tool, mcp_binding
 
 ROLE = "executor"
@@ -119,6 +121,7 @@ class _Recorder:
                         output_preview=text[:500],
                         round=self.round,
                         at=now_utc().isoformat(),
+                        **_small_output(outcome),
                     )
                 )
                 emit_detail(
@@ -141,6 +144,21 @@ class _Recorder:
                     }
 
         return record
+
+
+def _small_output(outcome: Any) -> dict[str, Any]:
+    """``{"output": ...}`` for a successful call whose output is small enough to keep.
+
+    Reflection may keep such a call as a regression case of its tool; a larger
+    output is never kept, so it is not carried in the state either.
+    """
+    if not outcome.ok or not isinstance(outcome.output, dict):
+        return {}
+    try:
+        size = len(json.dumps(outcome.output, ensure_ascii=False))
+    except (TypeError, ValueError):
+        return {}
+    return {"output": outcome.output} if size <= MAX_CASE_CHARS else {}
 
 
 def bind_tools(
@@ -176,6 +194,34 @@ def bind_tools(
             on_call=recorder.callback(name, record.version, episode_version),
         )
     return tools, missing
+
+
+def usage_notes_section(
+    state: EpisodeState, names: list[str], services: Services, context: InsituContext
+) -> str:
+    """How to call the bound tools, as reflection learned it from their earlier calls.
+
+    Each tool's note is the one of its bound version (carried forward from older
+    versions, see ``ToolStore.usage_notes``), cut to ``usage_notes_max_chars``.
+    """
+    if context.usage_notes_max_chars <= 0:
+        return ""
+    store = services.store(context)
+    lines = []
+    for name in names:
+        try:
+            record, local = resolve_record(state, name, services, context)
+            note = None if local else store.usage_notes(name, record.version)
+        except (ToolNotFoundError, StoreError):
+            continue
+        if note is not None:
+            text = " ".join(note.notes.split())[: context.usage_notes_max_chars]
+            lines.append(f"- {name}: {text}")
+    if not lines:
+        return ""
+    return (
+        "## Notes on calling these tools (learned from earlier calls)\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _history_section(state: EpisodeState) -> str:
@@ -384,6 +430,7 @@ class _Round:
         tools: dict[str, BaseTool],
         missing: list[str],
         context: InsituContext,
+        tool_notes: str = "",
     ) -> None:
         self.mode = mode
         self.tools = tools
@@ -397,6 +444,7 @@ class _Round:
             task=state["task"],
             files=files_section(state.get("files")),
             guidance=state.get("guidance") or "(none)",
+            tool_notes=tool_notes,
             history=_history_section(state),
             protocol=protocol,
         )
@@ -490,7 +538,8 @@ def execute_task(
         mode = tool_calling_mode(model, services, context)
     except ModelEndpointError as exc:
         return {"usage": usage_update(ROLE, usage), **failure_update(exc)}
-    conversation = _Round(mode, model, state, tools, missing, context)
+    notes = usage_notes_section(state, sorted(tools), services, context)
+    conversation = _Round(mode, model, state, tools, missing, context, notes)
     used_before = bool(state.get("invocations"))
     report: ExecutorReport | None = None
     failure: dict[str, Any] = {}

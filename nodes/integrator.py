@@ -83,14 +83,19 @@ def write_answer(
     says what failed, without asking the model again.
 
     Returns:
-        Update: ``answer``, ``status`` (completed / incomplete / failed) and usage.
+        Update: ``answer``, ``status`` (completed / incomplete / failed), usage and
+        ``tokens_spent`` (by every role so far).
     """
     context = settings(runtime)
     pause_point("write_answer", state, context)
     failure = state.get("failure")
     if failure:
         emit("answered", "no answer: the model endpoint failed", status="failed")
-        return {"answer": f"Failed: {failure['message']}", "status": "failed"}
+        return {
+            "answer": f"Failed: {failure['message']}",
+            "status": "failed",
+            "tokens_spent": tokens_spent(state),
+        }
     ending, completed = describe_ending(state)
     rule = (
         ""
@@ -117,6 +122,7 @@ def write_answer(
             "answer": f"Failed: {exc.one_line()}",
             "status": "failed",
             "usage": usage_update(ROLE, usage),
+            "tokens_spent": tokens_spent(state, usage),
             **failure_update(exc),
         }
     echo = echoes_prompt(written, messages)
@@ -130,4 +136,15 @@ def write_answer(
             answer += f"\n\n{usable}"
     status = "completed" if completed else "incomplete"
     emit("answered", "answer written", status=status)
-    return {"answer": answer, "status": status, "usage": usage_update(ROLE, usage)}
+    return {
+        "answer": answer,
+        "status": status,
+        "usage": usage_update(ROLE, usage),
+        "tokens_spent": tokens_spent(state, usage),
+    }
+
+
+def tokens_spent(state: EpisodeState, usage: TokenUsage | None = None) -> int:
+    """Tokens every role spent on the task, this answer included (for the episode's experience)."""
+    spent = sum(int(c.get("total_tokens", 0)) for c in (state.get("usage") or {}).values())
+    return spent + (usage.total_tokens if usage is not None else 0)

@@ -2,14 +2,18 @@
 
 It never sees the whole library: only the top-k tools retrieved for the task
 (hybrid search) plus the tools built during this episode, so its prompt does
-not grow with the library. Its JSON reply is validated against those
+not grow with the library. Next to them it sees the experiences of the most
+similar earlier tasks (what was used, what worked, what failed), within a
+fixed share of the prompt (``experiences_max_chars``). Its JSON reply is validated against those
 candidates and the naming discipline; an invalid reply is re-asked a bounded
 number of times, then the episode goes to the Integrator with the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -34,8 +38,13 @@ from insitu.nodes.common import (
 from insitu.services import Services
 from insitu.structured import StructuredOutputError, TokenUsage, parse_reply
 from insitu.tool_store.contract import TOOL_NAME_PATTERN
+from insitu.tool_store.learning import Experience, ToolRef
 
 ROLE = "manager"
+log = logging.getLogger("insitu.manager")
+EXPERIENCES_HEADING = "## Experience from similar earlier tasks (what was used, what worked)\n"
+#: An experience is not shown in fewer characters than this (fewer are shown instead).
+MIN_EXPERIENCE_CHARS = 80
 
 #: Words that mark a "run arbitrary code" tool, which the discipline forbids.
 _ARBITRARY_CODE = re.compile(
@@ -187,6 +196,68 @@ def _candidates_section(candidates: list[Candidate]) -> str:
     )
 
 
+def _ref_text(ref: ToolRef) -> str:
+    text = ref.ref + ("" if ref.called else " (bound, not called)")
+    if ref.renamed_from:
+        text += f" (was {ref.renamed_from})"
+    if ref.stale:
+        text += f" (no longer usable: {ref.stale})"
+    return text
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def experience_line(experience: Experience) -> str:
+    """One experience as one line: outcome, task, tools, guidance and lesson."""
+    parts = [f"- [{experience.status}] {_one_line(experience.summary)}"]
+    if experience.tools:
+        parts.append("tools: " + "; ".join(_ref_text(t) for t in experience.tools))
+    if experience.guidance:
+        parts.append("guidance: " + _one_line(experience.guidance))
+    if experience.outcome:
+        parts.append("why not completed: " + _one_line(experience.outcome))
+    if experience.lesson:
+        parts.append("lesson: " + _one_line(experience.lesson))
+    return " | ".join(parts)
+
+
+def experiences_section(experiences: Sequence[Experience], max_chars: int) -> str:
+    """The Manager's view of similar earlier tasks, never longer than ``max_chars``.
+
+    The budget is shared evenly between the experiences shown, each line cut to
+    its share; when a share would be too small to say anything, fewer (the
+    most similar) are shown. Stale tool references say so.
+    """
+    room = max_chars - len(EXPERIENCES_HEADING) - 1
+    if not experiences or room < MIN_EXPERIENCE_CHARS:
+        return ""
+    shown = list(experiences)[: max(1, room // MIN_EXPERIENCE_CHARS)]
+    share = room // len(shown)
+    lines = []
+    for experience in shown:
+        line = experience_line(experience)
+        lines.append(line if len(line) < share else line[: share - 2] + "…")
+    text = EXPERIENCES_HEADING + "\n".join(lines) + "\n"
+    return text[:max_chars]  # already within it; the bound is the point, so make it certain
+
+
+def recall_experiences(
+    state: EpisodeState, services: Services, context: InsituContext
+) -> list[Experience]:
+    """The experiences of the tasks most similar to this one (none if recall fails)."""
+    if context.experiences_top_k <= 0 or context.experiences_max_chars <= 0:
+        return []
+    try:
+        return services.store(context).search_experiences(
+            state["task"], k=context.experiences_top_k
+        )
+    except Exception as exc:  # memory is an aid: planning goes on without it
+        log.warning("experiences could not be recalled: %s: %s", type(exc).__name__, exc)
+        return []
+
+
 def _history_section(state: EpisodeState) -> str:
     """What happened in earlier rounds, so a re-plan can change course."""
     lines = []
@@ -210,11 +281,15 @@ def _history_section(state: EpisodeState) -> str:
 
 
 def manager_messages(
-    state: EpisodeState, candidates: list[Candidate], context: InsituContext
+    state: EpisodeState,
+    candidates: list[Candidate],
+    context: InsituContext,
+    experiences: Sequence[Experience] = (),
 ) -> list[BaseMessage]:
-    """Render the Manager's prompt: the task, its candidates and earlier rounds.
+    """Render the Manager's prompt: the task, its candidates, similar experiences, earlier rounds.
 
-    Its size depends on ``retrieval_k`` and the task, never on the library's size.
+    Its size depends on ``retrieval_k``, ``experiences_max_chars`` and the task,
+    never on the library's size.
     """
     freeze_rule = (
         "The library is frozen for this run: request nothing." if context.freeze_library else ""
@@ -224,6 +299,7 @@ def manager_messages(
         task=state["task"],
         files=files_section(state.get("files")),
         candidates=_candidates_section(candidates),
+        experiences=experiences_section(experiences, context.experiences_max_chars),
         history=_history_section(state),
         max_new_tools=context.max_new_tools_per_round,
         freeze_rule=freeze_rule,
@@ -245,8 +321,15 @@ def plan_task(
     rounds = state.get("rounds", 0) + 1
     candidates = retrieve_candidates(state, services, context)
     emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
+    experiences = recall_experiences(state, services, context)
+    if experiences:
+        emit(
+            "recalled",
+            f"recalled {len(experiences)} experience(s) of similar tasks",
+            count=len(experiences),
+        )
     store = services.store(context)
-    messages = manager_messages(state, candidates, context)
+    messages = manager_messages(state, candidates, context, experiences)
     usage = TokenUsage()
 
     def planned(**update: Any) -> dict[str, Any]:

@@ -1,12 +1,14 @@
-"""Reflection after an episode: statistics, repairs, commit, counters and a note.
+"""Reflection after an episode: statistics, repairs, a note, what was learned, the commit.
 
 Runs as its own subgraph after the Integrator. It records every call of a
 library tool in the library's statistics (or, in a batch, hands the calls to
 the batch's commit), tries once more to repair library tools that failed
-and were not repaired during the episode, commits the episode's new and
-repaired tools (single-episode mode) or hands them to the batch graph
-(``commit_mode="defer"``), computes the counters EGL is built from, and asks
-the reflection model for a short note.
+and were not repaired during the episode, computes the counters EGL is built
+from, asks the reflection model for a short note and records the episode's
+experience with it; ``nodes/learning.py`` adds usage notes and harvested
+cases. Then it commits the episode's new and repaired tools with what it
+learned, in one transaction (single-episode mode), or hands them all to the
+batch graph (``commit_mode="defer"``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ from insitu.graphs.state import EpisodeMetrics, EpisodeState
 from insitu.llm import ModelEndpointError
 from insitu.nodes.common import ask_text, model_caller, prompt_messages, settings, usage_update
 from insitu.nodes.executor import TOOL_FAULTS
+from insitu.nodes.learning import (
+    deferred_learning,
+    episode_experience,
+    learning_changes,
+    learns,
+)
 from insitu.nodes.tool_developer import (
     BuildError,
     build_cost,
+    harvested_for,
     local_record,
     repair_tool,
     scratch_dir_for,
@@ -133,6 +142,7 @@ def repair_failed_tools(
                 scratch_dir=scratch_dir_for(workdir),
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
+                harvested=harvested_for(name, services, context),
             )
         except BuildError as exc:
             emit("repair_failed", f"could not repair {name}: {exc.reason[:160]}", tool=name)
@@ -185,11 +195,13 @@ def commit_tools(
     services: Services,
     commit_mode: CommitMode | None = None,
 ) -> dict[str, Any]:
-    """Commit the episode's tools (``commit_mode="store"``) or hand them over ("defer").
+    """Commit the episode's tools and what it learned ("store"), or hand them over ("defer").
 
     The commit is one transaction, idempotent by content, so a resumed episode
-    never adds a tool twice. A commit the store refuses (a repaired tool that
-    changed or was locked meanwhile) is reported and loses nothing stored.
+    never adds a tool or an experience twice, and a crash leaves neither. A
+    commit the store refuses (a repaired tool that changed or was locked
+    meanwhile) is reported and loses nothing stored; what the episode learned
+    is then committed on its own.
     """
     context = settings(runtime)
     local = state.get("local_tools") or {}
@@ -197,21 +209,44 @@ def commit_tools(
     new_tools = [{"change": "new", **r} for r in local.values()] + [
         {"change": "repair", **r} for r in repaired.values()
     ]
-    if context.freeze_library or not new_tools:
-        return {"new_tools": [] if context.freeze_library else new_tools}
-    if not context.keep_new_tools:
-        emit("not_kept", f"{len(new_tools)} tool(s) of this task are not kept (no-reuse run)")
+    if context.freeze_library:
+        return {"new_tools": []}
+    if not learns(context):
+        if new_tools:
+            emit("not_kept", f"{len(new_tools)} tool(s) of this task are not kept (no-reuse run)")
         return {"new_tools": new_tools}
-    if (commit_mode or context.commit_mode) == "store":
-        changes = episode_changes(state)
-        try:
-            result = services.store(context).commit(
-                changes, commit_id=commit_id_for(state["task_id"], changes)
-            )
-        except StoreError as exc:
-            emit("commit_failed", f"the library refused this episode's tools: {exc}")
-            return {"new_tools": new_tools, "commit_error": str(exc)}
-        emit("committed", f"committed {result.summary()} to the library")
+    learned = learning_changes(state)
+    if (commit_mode or context.commit_mode) != "store":
+        return {"new_tools": new_tools, "learning": deferred_learning(learned)}
+    if not new_tools and not learned.learned():
+        return {"new_tools": new_tools}
+    store = services.store(context)
+    changes = episode_changes(state)
+    changes.experiences, changes.usage_notes, changes.cases = (
+        learned.experiences,
+        learned.usage_notes,
+        learned.cases,
+    )
+    try:
+        result = store.commit(
+            changes,
+            commit_id=commit_id_for(state["task_id"], changes),
+            cases_per_tool=context.harvested_cases_per_tool,
+        )
+    except StoreError as exc:
+        emit("commit_failed", f"the library refused this episode's tools: {exc}")
+        update = {"new_tools": new_tools, "commit_error": str(exc)}
+        if learned.learned():
+            try:  # the experience of a refused commit is worth keeping all the same
+                store.commit(
+                    learned,
+                    commit_id=commit_id_for(state["task_id"], learned),
+                    cases_per_tool=context.harvested_cases_per_tool,
+                )
+            except StoreError as again:
+                emit("commit_failed", f"the library refused this episode's learning: {again}")
+        return update
+    emit("committed", f"committed {result.summary()} to the library")
     return {"new_tools": new_tools}
 
 
@@ -232,7 +267,12 @@ def episode_metrics(state: EpisodeState) -> tuple[EpisodeMetrics, list[str]]:
 def summarize_episode(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
-    """Compute the evolution counters and ask for a short reflection note."""
+    """Compute the evolution counters, ask for a short reflection note, record the experience.
+
+    The experience (``nodes/learning.py``) is kept in the state, so that a
+    resumed episode commits exactly the one it recorded. An episode whose model
+    endpoint failed records none: that says nothing about the task.
+    """
     context = settings(runtime)
     local = state.get("local_tools") or {}
     repaired = state.get("repaired_tools") or {}
@@ -271,11 +311,20 @@ def summarize_episode(
         except ModelEndpointError as exc:  # a note is not worth failing an answered task
             emit("endpoint_failed", f"no reflection note: {exc.one_line()}", role=ROLE)
             note = f"(no reflection: {exc.one_line()})"
+    note = note or "(empty reflection)"
+    # An endpoint that failed says nothing about the task: no experience (it is retried).
+    endpoint_failed = (failure or {}).get("kind") == "endpoint"
+    experience = (
+        {"experience": episode_experience(state, note).model_dump(mode="json")}
+        if learns(context) and not endpoint_failed
+        else {}
+    )
     return {
         "metrics": metrics,
         "tools_used": used,
         "tools_created": sorted(local),
         "tools_repaired": sorted(repaired),
-        "reflection": note or "(empty reflection)",
+        "reflection": note,
         "usage": usage_update(ROLE, usage),
+        **experience,
     }

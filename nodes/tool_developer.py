@@ -4,8 +4,8 @@ For each request the model writes a module and its tests; the module is
 admitted only when it passes static checks and its tests in the sandbox.
 Precise errors go back to the model, up to ``max_build_attempts``. Requests of
 one round are built in parallel. A tool that cannot be built goes back to the
-Manager with the reason; a repaired tool must also pass its old tests and the
-call that failed.
+Manager with the reason; a repaired tool must also pass its old tests, the
+call that failed, and reproduce the calls harvested from the tool's real use.
 """
 
 from __future__ import annotations
@@ -109,12 +109,15 @@ def develop_tool(
     kept_tests: list[ToolTest] | None = None,
     extra_checks: list[dict[str, Any]] | None = None,
     extra_workdir: Path | None = None,
+    harvested: Sequence[ToolTest] = (),
 ) -> ToolSpec:
     """Ask a model for a tool until it is admitted, feeding errors back.
 
     Shared by building, repairing and merging: ``kept_tests`` are tests the new
     module must pass in addition to its own (a repair's old tests, a merge's
-    union of tests) and stay with it; ``extra_checks`` must pass but are not kept.
+    union of tests) and stay with it; ``extra_checks`` must pass but are not kept;
+    ``harvested`` are calls from the replaced tools' real use whose outputs it
+    must reproduce (not kept in its spec: the store keeps them).
 
     Args:
         prompt: The request (system and user message, from a prompt file).
@@ -127,6 +130,7 @@ def develop_tool(
         kept_tests: Tests that must pass and are kept.
         extra_checks: Calls that must succeed, not kept.
         extra_workdir: Directory for ``extra_checks``.
+        harvested: Harvested regression cases (see above).
 
     Returns:
         The admitted spec.
@@ -160,6 +164,7 @@ def develop_tool(
                 expected_name=name,
                 extra_checks=extra_checks or (),
                 extra_workdir=extra_workdir,
+                harvested=harvested,
             )
         except (StructuredOutputError, AdmissionError, ValueError, RecursionError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -228,8 +233,13 @@ def repair_tool(
     scratch_dir: Path,
     workdir: Path,
     max_attempts: int,
+    harvested: Sequence[ToolTest] = (),
 ) -> ToolSpec:
     """Write a new version of ``record`` that passes its old tests and the failing call.
+
+    It must also reproduce ``harvested``, the calls kept from the tool's real
+    use (``ToolStore.harvested_cases``): a repair that changes their outputs
+    is refused, and the reason goes back to the model.
 
     Raises:
         BuildError: The repair did not pass within ``max_attempts``.
@@ -245,6 +255,7 @@ def repair_tool(
         kept_tests=list(record.tests),
         extra_checks=[failing_call_check(failing_call)],
         extra_workdir=workdir,
+        harvested=harvested,
     )
 
 
@@ -303,6 +314,11 @@ def resolve_record(
     return services.store(context).get(name), False
 
 
+def harvested_for(name: str, services: Services, context: InsituContext) -> list[ToolTest]:
+    """The cases harvested from a library tool's real use, that its repair must reproduce."""
+    return [c.case for c in services.store(context).harvested_cases(name)]
+
+
 def scratch_dir_for(workdir: Path) -> Path:
     """Where an episode's tool builds run their tests: beside its workdir, never in it."""
     return workdir.parent / f".{workdir.name}-scratch"
@@ -343,6 +359,7 @@ def _build_one(
                 scratch_dir=scratch,
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
+                harvested=[] if is_local else harvested_for(base.name, services, context),
             )
             record = local_record(
                 spec,

@@ -72,7 +72,13 @@ def test_model_calls_are_tagged_for_chat_uis(tmp_path) -> None:
             internal.add(metadata["langgraph_node"])
         elif "insitu:integrator" in tags:
             answer.append(chunk.content)
-    assert internal == {"plan_task", "build_tools", "execute_task", "summarize_episode"}
+    assert internal == {
+        "plan_task",
+        "build_tools",
+        "execute_task",
+        "summarize_episode",
+        "distill_usage_notes",  # the tool's first use: its usage notes
+    }
     assert "".join(answer) == "mean 5, median 4"
 
 

@@ -45,6 +45,25 @@ def library(store: Path) -> list[tuple[str, int, str, str]]:
         return sorted((r.name, r.version, r.hash, r.status) for r in opened.list("all"))
 
 
+def learned(store: Path) -> tuple[list, list, list]:
+    """What the run learned: experiences (task, outcome, tools), usage notes, harvested cases."""
+    with ToolStore.open(store, read_only=True) as opened:
+        experiences = sorted(
+            (e.task_id, e.status, tuple(t.ref for t in e.tools))
+            for e in opened.experiences(limit=100_000)
+        )
+        names = [r.name for r in opened.list("all")]
+        notes = sorted(
+            (n.name, n.version, n.notes) for name in names if (n := opened.usage_notes(name))
+        )
+        cases = sorted(
+            (c.name, c.case_id, c.source_ref)
+            for name in names
+            for c in opened.harvested_cases(name, include_stale=True)
+        )
+    return experiences, notes, cases
+
+
 @pytest.fixture(scope="module")
 def endpoint():
     with ScriptedOpenAIServer(ScriptedTeam().openai_responder(), api_key="k", latency_s=0.03) as s:
@@ -69,6 +88,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path, endpoint
     }
     assert len(expected_predictions) == TASKS
     expected_library = library(tmp_path / "ref-store")
+    expected_learned = learned(tmp_path / "ref-store")
+    assert len(expected_learned[0]) == TASKS  # one experience per task, committed with its batch
 
     rng = random.Random(2026)
     total_kills = 0
@@ -104,5 +125,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path, endpoint
             (n, 0) for n in range(1, TASKS // BATCH + 1)
         ]
         assert library(store) == expected_library, f"trial {trial} (killed {kills} times)"
+        # Nothing learned is lost or doubled either (each batch commits it once, atomically).
+        assert learned(store) == expected_learned, f"trial {trial} (killed {kills} times)"
         total_kills += kills
     assert total_kills >= 4  # the kills really interrupted running processes

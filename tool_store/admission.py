@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("insitu.admission")
 
-Stage = Literal["static", "secrets", "dependencies", "describe", "tests"]
+Stage = Literal["static", "secrets", "dependencies", "describe", "tests", "harvested"]
 
 
 class AdmissionError(ValueError):
@@ -338,6 +338,7 @@ def admit_tool(
     extra_checks: Sequence[Mapping[str, Any]] = (),
     extra_workdir: Path | None = None,
     allowed_secrets: Iterable[str] | None = None,
+    harvested: Sequence[ToolTest] = (),
 ) -> ToolSpec:
     """Verify a tool end to end and return its spec.
 
@@ -357,6 +358,9 @@ def admit_tool(
         extra_workdir: The directory of ``extra_checks`` (e.g. the episode's).
         allowed_secrets: The secrets tools may declare (default: the allow-list
             bound to ``sandbox``, see :func:`set_secret_policy`).
+        harvested: Cases harvested from the real use of the tool(s) this one
+            replaces (a repair's, a merge's members'): it must reproduce their
+            outputs. Run like its own tests, not kept in its spec.
 
     Returns:
         The spec, with schemas derived from the module.
@@ -411,6 +415,16 @@ def admit_tool(
         ) from None
     if not report.passed:
         raise AdmissionError("tests", f"tool '{name}' failed its tests:\n{report.message}", name)
+    if harvested:
+        _check_harvested(
+            source,
+            harvested,
+            sandbox,
+            scratch_dir / f"harvested-{name}",
+            network,
+            placeholders,
+            name,
+        )
     if extra_checks:
         report = sandbox.run_tests(
             source,
@@ -435,6 +449,54 @@ def admit_tool(
         secrets=secrets,
         network=network,
         tests=cases,
+    )
+
+
+def run_cases(
+    source: str, cases: Sequence[ToolTest], *, sandbox: Sandbox, workdir: Path
+) -> TestReport:
+    """Run test cases of a network-free, secret-free tool as admission runs its own tests.
+
+    In ``workdir``, emptied first and holding only the cases' ``files``: the
+    report says whether the cases are self-contained and reproducible
+    (reflection keeps a harvested call only if it is).
+
+    Raises:
+        OSError: The directory could not be prepared.
+    """
+    return _run_own_tests(source, cases, sandbox, workdir, False, {})
+
+
+def _check_harvested(
+    source: str,
+    cases: Sequence[ToolTest],
+    sandbox: Sandbox,
+    workdir: Path,
+    network: bool,
+    secrets: Mapping[str, str],
+    name: str,
+) -> None:
+    """Refuse a tool that changes the output of a call harvested from real use.
+
+    Raises:
+        AdmissionError: Stage ``harvested``, naming each case whose output changed.
+    """
+    try:
+        report = _run_own_tests(source, cases, sandbox, workdir, network, secrets)
+    except OSError as exc:
+        raise AdmissionError(
+            "harvested", f"tool '{name}': its harvested cases could not be prepared ({exc})", name
+        ) from None
+    if report.passed:
+        return
+    failed = [r for r in report.results if not r.passed]
+    lines = "\n".join(f"- {r.message}" for r in failed)
+    raise AdmissionError(
+        "harvested",
+        f"tool '{name}' changes the output of {len(failed)} of the {len(cases)} call(s) "
+        "harvested from its real use (the tool it replaces returned these outputs, and tasks "
+        f"relied on them); keep their behaviour:\n{lines}",
+        name,
     )
 
 

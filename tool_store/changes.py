@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from insitu.tool_store.contract import BuildCost, ToolOrigin, ToolRecord, ToolSpec
+from insitu.tool_store.learning import Experience, HarvestedCase, UsageNote
 
 IfExists = Literal["error", "skip", "update"]
 
@@ -91,6 +92,9 @@ class ChangeSet(BaseModel):
 
     Changes apply in order, so a merge is ``[ToolUpdate(keeper), ToolArchive(a),
     ToolArchive(b)]`` or ``[ToolAdd(merged), ToolArchive(a), ToolArchive(b)]``.
+    What the team learned goes with them, in the same transaction, after the
+    tool changes (see ``tool_store/learning.py``): ``experiences``,
+    ``usage_notes`` and harvested ``cases``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,6 +104,15 @@ class ChangeSet(BaseModel):
     )
     note: str | None = None
     changes: list[Change] = Field(default_factory=list)
+    experiences: list[Experience] = Field(
+        default_factory=list, description="What the episodes of this commit taught."
+    )
+    usage_notes: list[UsageNote] = Field(
+        default_factory=list, description="How to call tools, stored at their current version."
+    )
+    cases: list[HarvestedCase] = Field(
+        default_factory=list, description="Calls kept as regression cases of their tools."
+    )
 
     def add(self, spec: ToolSpec, **kwargs: object) -> ChangeSet:
         """Append a :class:`ToolAdd` and return ``self`` (for chaining)."""
@@ -117,11 +130,21 @@ class ChangeSet(BaseModel):
         return self
 
     def __len__(self) -> int:
-        return len(self.changes)
+        return len(self.changes) + self.learned()
+
+    def learned(self) -> int:
+        """How many learning records (experiences, notes, cases) the set carries."""
+        return len(self.experiences) + len(self.usage_notes) + len(self.cases)
 
     def digest(self) -> str:
-        """SHA-256 of what the set changes (its ``commit_id`` left out)."""
-        return hashlib.sha256(self.model_dump_json(exclude={"commit_id"}).encode()).hexdigest()
+        """SHA-256 of what the set changes (its ``commit_id`` left out).
+
+        Empty learning lists are left out too, so that a set of tool changes
+        alone has the digest it always had (its commit id stays the same).
+        """
+        empty = {name for name in _LEARNING_FIELDS if not getattr(self, name)}
+        payload = self.model_dump_json(exclude={"commit_id", *empty})
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     @classmethod
     def from_episode(
@@ -175,6 +198,9 @@ class ChangeSet(BaseModel):
         return cls(changes=changes)
 
 
+_LEARNING_FIELDS = ("experiences", "usage_notes", "cases")
+
+
 class CommitResult(BaseModel):
     """What a commit did, by tool reference (``name@version``)."""
 
@@ -189,6 +215,11 @@ class CommitResult(BaseModel):
     replayed: bool = Field(
         default=False, description="True when this commit_id had been applied before."
     )
+    experiences: list[str] = Field(default_factory=list, description="Experience ids written.")
+    notes: list[str] = Field(
+        default_factory=list, description="Usage notes written (name@version)."
+    )
+    cases: list[str] = Field(default_factory=list, description="Harvested cases kept (name:id).")
 
     def summary(self) -> str:
         """One line for logs: ``"2 added, 1 updated, 0 archived, 1 unchanged"``."""
@@ -196,6 +227,17 @@ class CommitResult(BaseModel):
             f"{len(self.added)} added, {len(self.updated)} updated, "
             f"{len(self.archived)} archived, {len(self.unchanged)} unchanged"
         )
+        learned = [
+            f"{len(items)} {what}"
+            for items, what in (
+                (self.experiences, "experience(s)"),
+                (self.notes, "usage note(s)"),
+                (self.cases, "harvested case(s)"),
+            )
+            if items
+        ]
+        if learned:
+            text += "; learned " + ", ".join(learned)
         return text + (" (already applied)" if self.replayed else "")
 
 

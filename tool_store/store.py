@@ -4,9 +4,12 @@ Layout of a store directory (default ``./.insitu``, or ``$INSITU_STORE``)::
 
     tools.db          SQLite (WAL): the source of truth. Every version of every
                       tool, per-tool state and statistics, applied commit ids,
-                      an event log, and a cache of embedding vectors.
+                      an event log, a cache of embedding vectors, and what the
+                      team learned (experiences, usage notes, harvested cases:
+                      see ``learning.py``).
     index/            Chroma (local mode): the current version of each active
-                      tool, derived from tools.db and rebuilt from it at will.
+                      tool, and in a collection of their own the experiences,
+                      derived from tools.db and rebuilt from it at will.
     store.lock        The writer lock (``store.lock.owner`` says who holds it).
 
 Consistency. A write runs one SQLite transaction that also marks the touched
@@ -95,6 +98,21 @@ from insitu.tool_store.errors import (
     ToolNotFoundError,
     VersionConflictError,
     VersionNotFoundError,
+)
+from insitu.tool_store.learning import (
+    DEFAULT_CASES_PER_TOOL,
+    LEARNING_SCHEMA,
+    Experience,
+    HarvestedCase,
+    ToolFollow,
+    UsageNote,
+    effective_note,
+    follow_tools,
+    insert_learning,
+    prune_cases,
+    read_cases,
+    read_experiences,
+    restore_references,
 )
 from insitu.tool_store.text import TOOL_TEXT_VERSION
 
@@ -224,6 +242,8 @@ class _Pending:
 
     names: set[str] = field(default_factory=set)
     events: list[tuple[str, str, str | None]] = field(default_factory=list)
+    follow: ToolFollow = field(default_factory=ToolFollow)
+    experiences: bool = False
 
 
 def resolve_store_path(path: str | os.PathLike[str] | None) -> Path:
@@ -346,6 +366,7 @@ class ToolStore:
                 if verify_index:
                     with self._writing("verify the index", catch_up=False):
                         report = self._verify_index(full=False)
+                        self._verify_experiences()
                     if report.repaired:
                         log.warning(
                             "index of %s repaired (%s): re-indexed %d, removed %d",
@@ -370,11 +391,14 @@ class ToolStore:
         self._file_lock: BaseFileLock | None = None
         self._write_lock_timeout = 60.0
         self._index: ToolIndex | None = None
+        self._experience_index: ToolIndex | None = None
         self._memory_indexes: dict[bool, tuple[ToolIndex, int]] = {}
+        self._memory_experiences: tuple[ToolIndex, tuple[int, int]] | None = None
         self._db: sqlite3.Connection | None = None
         self._seen_generation = 0
         self._index_dirty = False
         self._guard_depth = 0
+        self._has_learning: bool | None = None
 
     def _init(
         self,
@@ -416,6 +440,7 @@ class ToolStore:
             with self._file_guard():
                 self._db.execute(f"PRAGMA journal_mode = {journal_mode}")
                 self._db.executescript(_SCHEMA)
+                self._db.executescript(LEARNING_SCHEMA)
                 self._init_meta()
         self._check_schema()
         self.embedding_name = resolve_embedding_name(embedding or self._meta("embedding"))
@@ -517,6 +542,13 @@ class ToolStore:
                     embedding=self.embedding_name,
                     replace_on_embedding_change=True,
                 )
+            # Experiences have a collection of their own on the same Chroma client.
+            self._experience_index = ToolIndex(
+                self._index._dense.client,  # type: ignore[union-attr]
+                collection=f"insitu-experiences-{self.library_id[:12]}",
+                embedding=self.embedding_name,
+                replace_on_embedding_change=True,
+            )
         except Exception as exc:
             where = self.chroma_url or str(self.path / INDEX_DIR)
             raise IndexUnavailableError(f"cannot open the tool index at {where}: {exc}") from exc
@@ -527,6 +559,9 @@ class ToolStore:
             if self.closed:
                 return
             self.closed = True
+            # It shares the tool index's client, which closing the tool index closes.
+            self._experience_index = None
+            self._memory_experiences = None
             if self._index is not None:
                 with contextlib.suppress(Exception):
                     self._index.close()
@@ -883,7 +918,185 @@ class ToolStore:
                     )
             self._stamp_index()
             self._memory_indexes.clear()
+            if self._experience_index is not None:
+                self._experience_index.clear()
+                self._sync_experiences(
+                    [r[0] for r in self.db.execute("SELECT id FROM experiences ORDER BY rowid")]
+                )
             return self._index.count()
+
+    # ------------------------------------------------------------- learning
+
+    def _learning_tables(self) -> bool:
+        """Whether the records hold the learning tables (a store last written by an older
+        insitu and opened read-only does not)."""
+        if self._has_learning is None:
+            row = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiences'"
+            ).fetchone()
+            self._has_learning = row is not None
+        return self._has_learning
+
+    def _experience_vectors(self, experiences: Sequence[Experience]) -> dict[str, np.ndarray]:
+        """``{text hash: vector}`` of experiences, from the vector cache or freshly embedded."""
+        if not experiences:
+            return {}
+        from insitu.tool_store.embeddings import get_embedding_function
+
+        texts = {e.text_hash(): e.embedding_text() for e in experiences}
+        out = self._cached_vectors(list(texts))
+        missing = [h for h in texts if h not in out]
+        if missing:
+            fresh = get_embedding_function(self.embedding_name).embed([texts[h] for h in missing])
+            for h, v in zip(missing, fresh, strict=True):
+                out[h] = np.asarray(v, dtype=np.float32)
+        return out
+
+    @staticmethod
+    def _experience_doc(experience: Experience, vector: np.ndarray | None) -> Any:
+        from insitu.tool_store.index import IndexDoc
+
+        return IndexDoc(
+            id=experience.id,
+            text=experience.embedding_text(),
+            metadata={"status": experience.status, "generation": experience.generation or 0},
+            embedding=vector,
+        )
+
+    def _sync_experiences(self, ids: Sequence[str] | None = None) -> bool:
+        """Index the pending experiences (or ``ids``) and clear their marks.
+
+        Returns:
+            True on success; False if the index failed (the marks stay, retried later).
+        """
+        if self._experience_index is None:
+            return True
+        if ids is None:
+            ids = [
+                r[0] for r in self.db.execute("SELECT id FROM experiences WHERE index_pending = 1")
+            ]
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            records = list(read_experiences(self.db, chunk).values())
+            try:
+                vectors = self._experience_vectors(records)
+                self._experience_index.upsert(
+                    self._experience_doc(e, vectors[e.text_hash()]) for e in records
+                )
+            except Exception as exc:
+                log.warning(
+                    "experience index update failed (%s: %s); the records are saved and the "
+                    "index will be repaired on the next open or search",
+                    type(exc).__name__,
+                    exc,
+                )
+                return False
+            marks = ",".join("?" * len(chunk))
+            with self._transaction() as cur:
+                cur.execute(
+                    f"UPDATE experiences SET index_pending = 0 WHERE id IN ({marks})", chunk
+                )
+                self._save_vectors(cur, vectors)
+        return True
+
+    def _verify_experiences(self) -> None:
+        """Repair the experience index: pending marks, and ids missing or left over."""
+        if self._experience_index is None:
+            return
+        self._sync_experiences()
+        total = int(self.db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0])
+        if self._experience_index.count() == total:
+            return
+        indexed = set(self._experience_index.metadata())
+        ids = {r[0] for r in self.db.execute("SELECT id FROM experiences")}
+        self._experience_index.delete(sorted(indexed - ids))
+        missing = sorted(ids - indexed)
+        if missing:
+            log.warning(
+                "experience index of %s: re-indexing %d experience(s)", self.path, len(missing)
+            )
+            self._sync_experiences(missing)
+
+    def _memory_experience_index(self) -> ToolIndex:
+        """An in-memory index of the experiences (read-only stores), rebuilt when they change."""
+        from insitu.tool_store.index import ToolIndex
+
+        key = tuple(
+            self.db.execute("SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM experiences").fetchone()
+        )
+        if self._memory_experiences is not None and self._memory_experiences[1] == key:
+            return self._memory_experiences[0]
+        index = ToolIndex(None, embedding=self.embedding_name)
+        ids = [r[0] for r in self.db.execute("SELECT id FROM experiences ORDER BY rowid")]
+        for start in range(0, len(ids), 500):
+            records = list(read_experiences(self.db, ids[start : start + 500]).values())
+            vectors = self._experience_vectors(records)
+            index.upsert(self._experience_doc(e, vectors[e.text_hash()]) for e in records)
+        self._memory_experiences = (index, key)  # type: ignore[assignment]
+        return index
+
+    def search_experiences(self, query: str, k: int = 3) -> list[Experience]:
+        """The experiences of the tasks most similar to ``query`` (dense search), best first.
+
+        Their tool references are as they are now: renamed by merges, marked
+        stale by archives and rollbacks.
+        """
+        if k <= 0 or not query.strip():
+            return []
+        with self._reading():
+            if not self._learning_tables():
+                return []
+            if self.read_only or self._experience_index is None:
+                index = self._memory_experience_index()
+            else:
+                index = self._experience_index
+                pending = self.db.execute(
+                    "SELECT 1 FROM experiences WHERE index_pending = 1 LIMIT 1"
+                ).fetchone()
+                if pending and self.chroma_url is None:  # the sole writer may repair here
+                    self._sync_experiences()
+            if index.count() == 0:
+                return []
+            hits = index.search(query, k=k, mode="dense")
+            found = read_experiences(self.db, [h.id for h in hits])
+            return [found[h.id] for h in hits if h.id in found]
+
+    def experiences(self, *, limit: int = 100, task_id: str | None = None) -> list[Experience]:
+        """The latest experiences (newest last), optionally of one task."""
+        with self._reading():
+            if not self._learning_tables():
+                return []
+            sql = "SELECT id FROM experiences" + (" WHERE task_id = ?" if task_id else "")
+            rows = self.db.execute(
+                sql + " ORDER BY rowid DESC LIMIT ?", ((task_id, limit) if task_id else (limit,))
+            ).fetchall()
+            ids = [r[0] for r in reversed(rows)]
+            found = read_experiences(self.db, ids)
+            return [found[i] for i in ids if i in found]
+
+    def usage_notes(self, name: str, version: int | None = None) -> UsageNote | None:
+        """How to call ``name@version``: the newest note written at a version <= it.
+
+        Args:
+            name: The tool.
+            version: A version (default: the newest note of any version).
+        """
+        with self._reading():
+            if not self._learning_tables():
+                return None
+            return effective_note(self.db, name, version)
+
+    def harvested_cases(self, name: str, *, include_stale: bool = False) -> list[HarvestedCase]:
+        """The regression cases harvested from real calls of a tool, oldest first.
+
+        Args:
+            name: The tool.
+            include_stale: Also the cases of versions a rollback undid.
+        """
+        with self._reading():
+            if not self._learning_tables():
+                return []
+            return read_cases(self.db, name, include_stale=include_stale)
 
     def _catch_up(self) -> None:
         """Server mode: apply other processes' changes to the in-memory lexical side."""
@@ -1126,7 +1339,7 @@ class ToolStore:
             note=f"rollback to version {version}",
             force=force,
         )
-        self._apply([change], commit_id=None, action=f"roll back {name!r}")
+        self._apply([change], commit_id=None, action=f"roll back {name!r}", rollback_to=version)
         return self.get(name)
 
     def archive(self, name: str, reason: str, *, force: bool = False) -> ToolRecord:
@@ -1167,6 +1380,7 @@ class ToolStore:
                     (generation, name),
                 )
                 self._event(cur, name, "restore", reason)
+                restore_references(cur, name)
             self._after_write([name])
             return self.get(name)
 
@@ -1311,28 +1525,46 @@ class ToolStore:
                 found.append({"at": event.at, "reason": data["reason"], "record": data["record"]})
         return found[-limit:]
 
-    def commit(self, changes: ChangeSet, *, commit_id: str | None = None) -> CommitResult:
+    def commit(
+        self,
+        changes: ChangeSet,
+        *,
+        commit_id: str | None = None,
+        cases_per_tool: int = DEFAULT_CASES_PER_TOOL,
+    ) -> CommitResult:
         """Apply a change set atomically (one SQLite transaction), idempotently.
 
         Either every change applies or none does: a failing change (unknown
         tool, locked tool, version conflict, duplicate name, invalid spec)
         raises its error and leaves the library exactly as it was, as does a
-        crash at any point of the transaction.
+        crash at any point of the transaction. The set's learning records
+        (experiences, usage notes, harvested cases) are written in the same
+        transaction, after the tool changes, and follow them (see
+        ``learning.py``).
 
         Args:
             changes: The changes, applied in order.
             commit_id: Idempotency key (overrides ``changes.commit_id``).
                 Re-applying an applied id is a no-op returning the earlier
                 result with ``replayed=True``.
+            cases_per_tool: Harvested cases kept per tool that this commit
+                gives cases to (the newest ones).
 
         Returns:
-            What was added, updated, archived or left unchanged.
+            What was added, updated, archived or left unchanged, and learned.
         """
         cid = commit_id or changes.commit_id
         for change in changes.changes:  # up front, so that nothing is written for a bad spec
             if not isinstance(change, ToolArchive):
                 validate_spec(change.spec)
-        return self._apply(list(changes.changes), commit_id=cid, action="commit", digest_of=changes)
+        return self._apply(
+            list(changes.changes),
+            commit_id=cid,
+            action="commit",
+            digest_of=changes,
+            learning=changes,
+            cases_per_tool=cases_per_tool,
+        )
 
     # ------------------------------------------------------- apply (shared)
 
@@ -1343,6 +1575,9 @@ class ToolStore:
         commit_id: str | None,
         action: str,
         digest_of: ChangeSet | None = None,
+        learning: ChangeSet | None = None,
+        cases_per_tool: int = DEFAULT_CASES_PER_TOOL,
+        rollback_to: int | None = None,
     ) -> CommitResult:
         digest = (digest_of or ChangeSet(changes=list(changes))).digest()
         with self._writing(action):
@@ -1352,6 +1587,8 @@ class ToolStore:
                     return earlier
             # Embed before the transaction: it is the slow part and needs no lock on the db.
             vectors = self._vectors_for([c.spec for c in changes if not isinstance(c, ToolArchive)])
+            experiences = list(learning.experiences) if learning is not None else []
+            vectors |= self._experience_vectors(experiences)
             result = CommitResult(commit_id=commit_id)
             pending = _Pending()
             with self._transaction() as cur:
@@ -1359,7 +1596,14 @@ class ToolStore:
                     earlier = self._earlier_commit(commit_id, digest, cur)
                     if earlier is not None:  # applied by another process meanwhile
                         return earlier
-                generation = self._bump_generation(cur)
+                # The generation counts changes of tools; learning alone leaves it as it is.
+                generation = (
+                    self._bump_generation(cur)
+                    if changes
+                    else int(
+                        cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
+                    )
+                )
                 now = now_utc()
                 for change in changes:
                     if isinstance(change, ToolAdd):
@@ -1368,14 +1612,59 @@ class ToolStore:
                         self._apply_update(cur, change, generation, now, commit_id, result, pending)
                     else:
                         self._apply_archive(cur, change, generation, result, pending)
+                if rollback_to is not None and result.updated:
+                    name, _, number = result.updated[0].rpartition("@")
+                    before = self._version_row(name, int(number), cur)["parent_version"]
+                    pending.follow.rollbacks[name] = (rollback_to, before, int(number))
                 self._save_vectors(cur, vectors)
+                self._apply_learning(
+                    cur, learning, pending, generation, commit_id, now, result, cases_per_tool
+                )
                 for name, kind, detail in pending.events:
                     self._event(cur, name, kind, detail)
                 result.applied_at = now
                 if commit_id is not None:
                     self._remember_commit(cur, commit_id, digest, result)
             self._after_write(pending.names)
+            if pending.experiences:
+                self._sync_experiences()
             return result
+
+    def _apply_learning(
+        self,
+        cur: sqlite3.Cursor,
+        learning: ChangeSet | None,
+        pending: _Pending,
+        generation: int,
+        commit_id: str | None,
+        now: datetime,
+        result: CommitResult,
+        cases_per_tool: int,
+    ) -> None:
+        """Write a commit's learning records and make older ones follow its tool changes."""
+        touched: set[str] = set()
+        if learning is not None and learning.learned():
+            learned = insert_learning(
+                cur,
+                experiences=learning.experiences,
+                notes=learning.usage_notes,
+                cases=learning.cases,
+                follow=pending.follow,
+                generation=generation,
+                commit_id=commit_id,
+                now=now,
+            )
+            result.experiences, result.notes, result.cases = (
+                learned.experiences,
+                learned.notes,
+                learned.cases,
+            )
+            pending.experiences = bool(learned.experiences)
+            touched |= learned.touched_cases
+        if pending.follow:
+            touched |= follow_tools(cur, pending.follow, now=now)
+        if touched:
+            prune_cases(cur, touched, cases_per_tool)
 
     @staticmethod
     def _remember_commit(
@@ -1501,6 +1790,7 @@ class ToolStore:
         result.added.append(f"{spec.name}@1")
         pending.names.add(spec.name)
         pending.events.append((spec.name, "add", change.note))
+        self._note_merge(spec.name, change.merged_from, pending)
 
     def _apply_update(
         self,
@@ -1559,6 +1849,15 @@ class ToolStore:
         result.updated.append(f"{change.name}@{version}")
         pending.names.add(change.name)
         pending.events.append((change.name, "update", change.note or change.origin))
+        self._note_merge(change.name, change.merged_from, pending)
+
+    @staticmethod
+    def _note_merge(keeper: str, merged_from: Sequence[str], pending: _Pending) -> None:
+        """Remember which names a merge folds into ``keeper`` (their records follow it)."""
+        for ref in merged_from:
+            name = ref.rpartition("@")[0] or ref
+            if name != keeper:
+                pending.follow.renames[name] = (keeper, ref)
 
     def _apply_archive(
         self,
@@ -1583,6 +1882,7 @@ class ToolStore:
         result.archived.append(ref)
         pending.names.add(change.name)
         pending.events.append((change.name, "archive", change.reason))
+        pending.follow.archived[change.name] = change.reason
 
     # --------------------------------------------------------------- import
 

@@ -192,8 +192,20 @@ def tools_show(settings: InsituContext, name: str, version: int | None) -> None:
         out.print("input schema: " + json.dumps(r.input_schema), **plain)
         out.print("output schema: " + json.dumps(r.output_schema), **plain)
         out.print(f"tests: {', '.join(t.name for t in r.tests) or '-'}", **plain)
+        for line in learned_section(store, r):
+            out.print(line, **plain)
         out.rule("source")
         out.print(r.source, **plain)
+
+
+def learned_section(store: Any, record: Any) -> list[str]:
+    """The lines of ``tools show`` about what was learned: usage notes, harvested cases."""
+    from insitu.tool_store.learning import learned_lines
+
+    return learned_lines(
+        store.usage_notes(record.name, record.version),
+        store.harvested_cases(record.name, include_stale=True),
+    )
 
 
 @tools.command("search")

@@ -280,6 +280,7 @@ class ScriptedTeam:
             ("You are the Executor", "executor"),
             ("You are the Integrator", "integrator"),
             ("You are reviewing one finished task", "reflection"),
+            ("You are distilling usage notes", "usage_notes"),
             ("You are the Aggregator", "aggregator"),
         ):
             if first.startswith(marker):
@@ -419,6 +420,28 @@ class ScriptedTeam:
                 by_signature.setdefault(match.group(2), []).append(match.group(1))
         duplicates = [names for names in by_signature.values() if len(names) > 1]
         return json.dumps({"duplicates": duplicates, "reason": "same input and output fields"})
+
+    def _usage_notes(self, prompt: str, messages: list[BaseMessage]) -> str:
+        """A canned note per tool, read off its calls: the first failure, else a good call."""
+        notes = []
+        calls = _section(prompt, "Tools and their calls")
+        for block in re.split(r"^### ", calls, flags=re.MULTILINE):
+            name, _, body = block.partition("\n")
+            if not name.strip():
+                continue
+            failed = re.search(r"^- FAILED \((\w+)\) with (.*?): (.*)$", body, re.MULTILINE)
+            worked = re.search(r"^- OK with (.*?) -> ", body, re.MULTILINE)
+            if failed:
+                note = (
+                    f"A call with {failed.group(2)[:80]} failed ({failed.group(1)}): "
+                    f"{failed.group(3)[:80]}. Pass the input fields as their schema says."
+                )
+            elif worked:
+                note = f"Works when called with arguments shaped like {worked.group(1)[:120]}."
+            else:
+                continue
+            notes.append({"tool": name.strip(), "notes": note})
+        return json.dumps({"notes": notes})
 
     def _reflection(self, prompt: str, messages: list[BaseMessage]) -> str:
         tools = _section(prompt, "Tools")
