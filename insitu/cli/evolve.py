@@ -153,7 +153,7 @@ def evolve_command(
     2 configuration, 3 runtime or model endpoint, 130 interrupted.
     """
     from insitu.evals.tasks import TaskLoadError, load_tasks
-    from insitu.evolve import ReviewPending, RunMismatchError, evolve
+    from insitu.evolve import ReviewPending, RunMismatchError, check_run_can_start, evolve
     from insitu.llm import ModelEndpointError
     from insitu.services import ConfigurationError
     from insitu.tool_store.errors import StoreError
@@ -177,6 +177,10 @@ def evolve_command(
         settings = settings.with_model(model)
     if approve and settings.tool_approval == "none":
         settings = replace(settings, tool_approval="new")
+    try:  # an unusable store or run directory: one line, before the progress bars
+        check_run_can_start(Path(run_dir), settings.store_dir)
+    except StoreError as exc:
+        fail(str(exc), EXIT_RUNTIME)
     reviews = BatchReviews(settings.store_dir, interactive=approve)
     models, banner = None, ""
     if scripted:
@@ -197,6 +201,10 @@ def evolve_command(
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") in ("task_done", "task_failed"):
                 progress.advance(overall)
+            elif event.get("event") == "run_repaired":
+                progress.console.print(
+                    event["message"], highlight=False, markup=False, soft_wrap=True
+                )
 
         def on_batch(step: dict[str, Any]) -> None:
             egl = "-" if step["egl"] is None else f"{step['egl']:.3f}"
