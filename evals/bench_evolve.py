@@ -625,7 +625,9 @@ def _prewarm(sandbox: Any, store_dir: Path, task_ids: Sequence[str]) -> float:
 
 
 @contextmanager
-def _memory_checkpointer(directory: Any, filename: str = "checkpoints.sqlite") -> Iterator[Any]:
+def _memory_checkpointer(
+    directory: Any, filename: str = "checkpoints.sqlite", **_options: Any
+) -> Iterator[Any]:
     """What-if stand-in for ``insitu.api.sqlite_checkpointer``: LangGraph's in-memory saver."""
     from langgraph.checkpoint.memory import InMemorySaver
 

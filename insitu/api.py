@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from insitu.context import InsituContext
-from insitu.services import check_model_configuration
+from insitu.services import check_model_configuration, open_store
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -76,7 +76,10 @@ class EpisodeResult(BaseModel):
 
 @contextmanager
 def sqlite_checkpointer(
-    directory: str | Path, filename: str = "checkpoints.sqlite"
+    directory: str | Path,
+    filename: str = "checkpoints.sqlite",
+    *,
+    holder: Literal["store", "run"] = "store",
 ) -> Iterator[SqliteSaver]:
     """Open a SQLite checkpointer in a directory (a store's, or a run's).
 
@@ -86,15 +89,34 @@ def sqlite_checkpointer(
     checkpoints (the database stays consistent). With SQLite's default
     (``FULL``) every one of an episode's dozens of checkpoint writes waited
     for an fsync, under one lock shared by every episode of a batch.
+
+    Args:
+        directory: Where the file is (created if needed).
+        filename: The database file.
+        holder: Whose checkpoints they are (``store`` or ``run``), for the message
+            of :class:`~insitu.tool_store.health.CheckpointsDamagedError`.
+
+    Raises:
+        CheckpointsDamagedError: The file is damaged (truncated, garbage), found
+            on opening or when an SQLite error shows it later; one line saying
+            what they hold and how to recover.
     """
     from langgraph.checkpoint.sqlite import SqliteSaver
 
+    from insitu.tool_store.health import check_checkpoints, checkpoint_failure
+
     path = Path(directory)
+    check_checkpoints(path / filename, holder)
     path.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path / filename, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")  # per connection; SqliteSaver sets WAL itself
     try:
+        conn.execute("PRAGMA synchronous=NORMAL")  # per connection; SqliteSaver sets WAL itself
         yield SqliteSaver(conn)
+    except sqlite3.DatabaseError as exc:
+        failure = checkpoint_failure(path / filename, holder, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         conn.close()
 
@@ -193,6 +215,10 @@ def run_task(
         payload = None
     thread = thread_id or task_id
     config = {"configurable": {"thread_id": thread}}
+    if tool_store is None:
+        # Opened before the checkpoints are created: a store that cannot be used
+        # (read-only, damaged) is refused with nothing written in it.
+        tool_store = open_store(settings)
 
     def execute(checkpointer: Any) -> dict[str, Any]:
         graph = create_episode_graph(

@@ -21,7 +21,10 @@ Per distinct configured model (roles may use different ones):
 * **JSON replies**: a tiny JSON object is asked for and parsed as the roles'
   structured replies are (:func:`insitu.structured.parse_reply`).
 
-Then the sandbox backend and what it isolates, and the tool store's health.
+Then the sandbox backend and what it isolates, and the tool store's health:
+its records, and (read without writing) whether it is read-only, its index,
+its checkpoints and who holds its writer lock, each with the repair
+(``docs/troubleshooting.md``).
 """
 
 from __future__ import annotations
@@ -549,12 +552,19 @@ def check_sandbox(context: InsituContext) -> Check:
 def check_store(context: InsituContext) -> Check:
     """Whether the tool store opens (read-only), how many tools it holds and its integrity.
 
-    A store that does not exist yet is fine: the first run creates it.
+    A store that does not exist yet is fine: the first run creates it. A path
+    that is a file, or a library whose ``tools.db`` is gone, fails with its repair.
     """
     from insitu.tool_store import ToolStore
+    from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(context.store_dir)
     if not (path / "tools.db").is_file():
+        try:
+            check_location(path)
+            check_records_present(path)
+        except StoreStateError as exc:
+            return Check("store", FAIL, str(exc))
         return Check("store", OK, f"not created yet: {path} (the first run creates it)")
     try:
         with ToolStore.open(path, read_only=True, chroma_url=context.chroma_url) as store:
@@ -562,15 +572,41 @@ def check_store(context: InsituContext) -> Check:
             total = store.count("all")
             integrity = store.db.execute("PRAGMA quick_check").fetchone()[0]
             embedding = store.embedding_name
+    except StoreStateError as exc:  # its message is already the one line with the repair
+        return Check("store", FAIL, str(exc))
     except Exception as exc:  # any error opening or reading it means the store is unusable
         return Check("store", FAIL, f"{path}: {one_line(f'{type(exc).__name__}: {exc}')}")
     if integrity != "ok":
-        return Check("store", FAIL, f"{path}: the database is damaged: {one_line(integrity)}")
+        from insitu.tool_store.health import records_damaged
+
+        return Check("store", FAIL, str(records_damaged(path / "tools.db", integrity)))
     return Check(
         "store",
         OK,
         f"{path}: {active} active tool(s), {total - active} archived; embedding {embedding}",
     )
+
+
+#: The doctor's row status for each finding of :func:`insitu.tool_store.health.survey`.
+_FINDING_STATUS: dict[str | None, Status] = {None: OK, "warn": WARN, "fail": FAIL}
+
+
+def check_store_parts(context: InsituContext) -> list[Check]:
+    """The rest of an existing store, read without writing: access, index, checkpoints, lock.
+
+    Each row that is not ``ok`` says what is wrong and the repair; a store in
+    server mode has no local index to check.
+    """
+    from insitu.tool_store.health import survey
+
+    path = Path(context.store_dir)
+    if not (path / "tools.db").is_file():
+        return []
+    return [
+        Check(f"store {finding.part}", _FINDING_STATUS[finding.problem], finding.detail)
+        for finding in survey(path)
+        if not (context.chroma_url and finding.part == "index")
+    ]
 
 
 # --------------------------------------------------------------------- all checks
@@ -594,7 +630,11 @@ def iter_checks(
     if sandbox:
         yield from bounded("sandbox", lambda: [check_sandbox(context)], CHECK_TIMEOUT_CAP_S)
     if store:
-        yield from bounded("store", lambda: [check_store(context)], CHECK_TIMEOUT_CAP_S)
+
+        def store_rows() -> list[Check]:
+            return [check_store(context), *check_store_parts(context)]
+
+        yield from bounded("store", store_rows, CHECK_TIMEOUT_CAP_S)
 
 
 def run_checks(context: InsituContext, **which: bool) -> list[Check]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -76,10 +77,14 @@ if TYPE_CHECKING:
     from insitu.sandbox import Sandbox
     from insitu.tool_store import ToolStore
 
+log = logging.getLogger("insitu.evolve")
+
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 STEPS_FILE = "steps.jsonl"
 CHECKPOINTS_FILE = "checkpoints.sqlite"
+#: Testing only: SIGKILL the run right after its N-th checkpoint write (``insitu.testing.crash``).
+KILL_AFTER_WRITES_ENV = "INSITU_TEST_KILL_AFTER_CHECKPOINT_WRITES"
 #: ``error_kind`` of a task whose model endpoint failed (see ``insitu.nodes.batch``).
 ENDPOINT_FAILURE = "endpoint"
 
@@ -169,33 +174,85 @@ class EvolveSummary(BaseModel):
     tool_success_rate: float | None
     tokens: dict[str, dict[str, int]]
     wall_time_s: float
+    repairs: list[str] = []
 
 
 # ------------------------------------------------------------------ JSONL files
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by this module, dropping a torn last line.
+def _parse_lines(data: bytes, required: str | None) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Split JSONL bytes into intact rows and damaged lines (torn, garbage, not a row)."""
+    rows: list[dict[str, Any]] = []
+    damaged: list[bytes] = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            damaged.append(line)
+            continue
+        if not isinstance(row, dict) or (required is not None and required not in row):
+            damaged.append(line)
+            continue
+        rows.append(row)
+    return rows, damaged
 
-    A kill during an append can leave a partial last line; it is cut off the
-    file (it will be written again), so appends continue cleanly.
+
+def read_jsonl(path: Path, required: str | None = None) -> list[dict[str, Any]]:
+    """Read the intact rows of a JSONL file written by this module; never writes.
+
+    A damaged line (a last line torn by a kill, or garbage anywhere) is skipped
+    and every other line is kept; :func:`repair_jsonl` sets damaged lines aside.
+
+    Args:
+        path: The file (missing: no rows).
+        required: A key every row must have (``id``, ``step``); a row without it
+            counts as damaged.
     """
     if not path.exists():
         return []
+    return _parse_lines(path.read_bytes(), required)[0]
+
+
+def repair_jsonl(path: Path, required: str | None = None) -> int:
+    """Keep only the intact lines of a JSONL file, the damaged ones appended to ``<name>.damaged``.
+
+    The file is rewritten in one atomic rename, so a kill leaves it either as it
+    was or repaired; appends then continue on a clean last line.
+
+    Args:
+        path: The file.
+        required: See :func:`read_jsonl`.
+
+    Returns:
+        How many damaged lines were set aside (0: the file was left as it was).
+    """
+    if not path.exists():
+        return 0
     data = path.read_bytes()
-    rows, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(good)
-    return rows
+    rows, damaged = _parse_lines(data, required)
+    clean = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    if not damaged:
+        if data and not data.endswith(b"\n"):  # an intact last line cut before its newline
+            _replace_file(path, clean.encode())
+        return 0
+    with path.with_name(path.name + ".damaged").open("ab") as aside:
+        aside.write(b"".join(line + b"\n" for line in damaged))
+        aside.flush()
+        os.fsync(aside.fileno())
+    _replace_file(path, clean.encode())
+    return len(damaged)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` durably, in one rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
 
 
 def append_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -527,8 +584,9 @@ def _run_batch_graph(
     else:
         stored = {k: values[k] for k in ("tasks", "batch_id") if k in values}
         # Pending nodes or writes (killed between the input checkpoint and the first
-        # step leaves ``next == ()`` with the fan-out's writes pending): resume them;
-        # should that not reach the marker, run the stored input again.
+        # step leaves ``next == ()`` with the fan-out's writes pending: LangGraph's
+        # ``next`` leaves out tasks that already have writes, here ``__start__``):
+        # resume them; should that not reach the marker, run the stored input again.
         attempts = [None, stored] if snapshot.next or snapshot.tasks else [stored]
     for payload in attempts:
         values = _stream_batch(graph, payload, config, settings, on_event, on_review)
@@ -651,6 +709,10 @@ def evolve(
         raise ValueError(f"task ids must be unique; repeated: {repeated[:10]}")
     batches = plan_batches(tasks, batch_size)
     run_dir = Path(run_dir)
+    check_run_can_start(run_dir, None if tool_store is not None else settings.store_dir)
+    # The store first: one that cannot be used is refused before the run directory,
+    # the sandbox's files or anything else is created.
+    store = tool_store if tool_store is not None else open_store(settings)
     # Opened now: a machine where no tool may run refuses before the run starts.
     tool_sandbox = Services(sandbox=sandbox).sandbox(settings)
     isolation = {"backend": tool_sandbox.backend, "isolation": tool_sandbox.isolation_level}
@@ -676,21 +738,28 @@ def evolve(
         },
     )
     meta = _record_sandbox(run_dir, meta, isolation)
-    steps = read_jsonl(run_dir / STEPS_FILE)
+    # Every intact line is kept; damaged ones go to <file>.damaged, and what they
+    # recorded is rebuilt below (predictions) or by finishing the pass again (steps).
+    repairs = [
+        f"set aside {count} damaged line(s) of {name} in {name}.damaged"
+        for name, key in ((PREDICTIONS_FILE, "id"), (STEPS_FILE, "step"))
+        if (count := repair_jsonl(run_dir / name, key))
+    ]
+    steps = read_jsonl(run_dir / STEPS_FILE, "step")
     passes_done = {_pass_of(s) for s in steps}
     retries_done: dict[int, int] = {}
     for number, retry in passes_done:
         retries_done[number] = max(retries_done.get(number, 0), retry)
-    predictions = read_jsonl(run_dir / PREDICTIONS_FILE)
+    predictions = read_jsonl(run_dir / PREDICTIONS_FILE, "id")
     latest = {p["id"]: p for p in predictions}
     # (batch, retry, task id) of every line: a pass resumed after its lines were
     # (partly) written writes only the missing ones.
     written = {(int(p.get("batch", 0)), int(p.get("retry", 0)), p["id"]) for p in predictions}
-    store = tool_store if tool_store is not None else open_store(settings)
     outage = _OutageWatch(settings.max_consecutive_endpoint_failures)
     started = time.monotonic()
     with ExitStack() as stack:
-        saver = stack.enter_context(sqlite_checkpointer(run_dir, CHECKPOINTS_FILE))
+        saver = stack.enter_context(sqlite_checkpointer(run_dir, CHECKPOINTS_FILE, holder="run"))
+        saver = _crash_hook(saver)
         api_base = stack.enter_context(_local_api_if_needed(tasks))
         graph = create_evolve_graph(
             checkpointer=saver,
@@ -702,9 +771,53 @@ def evolve(
             episode_checkpoints=settings.episode_checkpoints,
         )
 
+        # Tasks of recorded passes whose prediction line was lost to damage (and not
+        # superseded by a later pass of the batch): written again from the pass's final
+        # checkpoint; without one, the task has no prediction and is run again below.
+        by_task = {t.id: t for t in tasks}
+        passes_with_line: dict[str, set[tuple[int, int]]] = {}
+        for b, r, task_id in written:
+            passes_with_line.setdefault(task_id, set()).add((b, r))
+        rebuilt, rerun = 0, 0
+        for step in steps:
+            number, retry = _pass_of(step)
+            lost = [
+                by_task[i]
+                for i in step.get("tasks") or []
+                if i in by_task
+                and not any(b == number and r >= retry for b, r in passes_with_line.get(i, ()))
+            ]
+            if not lost:
+                continue
+            config = {"configurable": {"thread_id": _thread_of(meta, number, retry)}}
+            final = dict(graph.get_state(config).values or {})
+            results = {r.get("task_id"): r for r in without_rejected_tools(final)}
+            rows = [
+                prediction_row(task, results[task.id], number, retry, scripted=scripted)
+                for task in lost
+                if batch_finished(final) and task.id in results
+            ]
+            append_jsonl(run_dir / PREDICTIONS_FILE, rows)
+            for row in rows:
+                written.add((number, retry, row["id"]))
+                passes_with_line.setdefault(row["id"], set()).add((number, retry))
+                latest[row["id"]] = row
+            rebuilt += len(rows)
+            rerun += sum(1 for task in lost if task.id not in latest)
+        if rebuilt:
+            repairs.append(f"rewrote {rebuilt} lost prediction(s) from their batch's checkpoints")
+        if rerun:
+            repairs.append(f"{rerun} task(s) without a prediction or a checkpoint are run again")
+        if repairs:
+            line = f"repaired the run in {run_dir}: " + "; ".join(repairs)
+            if on_event is not None:
+                on_event({"event": "run_repaired", "message": line})
+            else:
+                log.warning("%s", line)
+
         def run_pass(number: int, retry: int, chosen: Sequence[Task]) -> None:
             """Run one pass to its end and record it: predictions first, step line last."""
-            thread = f"{meta['run_id']}:batch-{number}" + (f":retry-{retry}" if retry else "")
+            thread = _thread_of(meta, number, retry)
             batch_id = f"{meta['run_id']}-b{number}" + (f"-r{retry}" if retry else "")
             pass_started = time.monotonic()
             final = _run_batch_graph(
@@ -737,7 +850,8 @@ def evolve(
                 written.add((number, retry, row["id"]))
                 latest[row["id"]] = row
             step = step_row(
-                len(steps) + 1,
+                # After a lost step line is written again, numbers still never repeat.
+                max((int(s["step"]) for s in steps), default=0) + 1,
                 chosen,
                 final,
                 steps,
@@ -776,7 +890,48 @@ def evolve(
                 ]
             if chosen:
                 run_pass(number, retry, chosen)
-    return summarize_run(run_dir, wall_time_s=time.monotonic() - started)
+    summary = summarize_run(run_dir, wall_time_s=time.monotonic() - started)
+    return summary.model_copy(update={"repairs": repairs})
+
+
+def _thread_of(meta: Mapping[str, Any], number: int, retry: int) -> str:
+    """The checkpoint thread of a pass: ``<run_id>:batch-N``, ``...:retry-K`` for a retry."""
+    return f"{meta['run_id']}:batch-{number}" + (f":retry-{retry}" if retry else "")
+
+
+def check_run_can_start(run_dir: Path, store_dir: str | Path | None) -> None:
+    """Refuse, before anything is created, a store or run directory a run cannot use.
+
+    Args:
+        run_dir: The run directory (its checkpoints must be readable).
+        store_dir: The store directory (must be writable and hold its records, or be
+            new); ``None`` when the caller brings an open store.
+
+    Raises:
+        StoreError: The one-line state of :mod:`insitu.tool_store.health`
+            (read-only, a file, lost records, damaged checkpoints).
+    """
+    from insitu.tool_store.health import (
+        check_checkpoints,
+        check_location,
+        check_records_present,
+        check_writable,
+    )
+
+    if store_dir is not None:
+        check_writable(Path(store_dir), "run tasks with the library")
+        check_records_present(Path(store_dir))
+    check_location(run_dir)
+    check_checkpoints(run_dir / CHECKPOINTS_FILE, "run")
+
+
+def _crash_hook(saver: Any) -> Any:
+    """The run's checkpointer, killed by ``$INSITU_TEST_KILL_AFTER_CHECKPOINT_WRITES`` (tests)."""
+    if not os.environ.get(KILL_AFTER_WRITES_ENV):
+        return saver
+    from insitu.testing.crash import kill_after_checkpoint_writes
+
+    return kill_after_checkpoint_writes(saver, os.environ[KILL_AFTER_WRITES_ENV])
 
 
 def summarize_run(run_dir: str | Path, *, wall_time_s: float | None = None) -> EvolveSummary:

@@ -273,7 +273,8 @@ def test_a_damaged_store_fails_with_the_error_line(tmp_path: Path) -> None:
     check = doctor.check_store(InsituContext(store_dir=str(tmp_path / "lib")))
 
     assert check.status == FAIL
-    assert "not a tool library" in check.detail
+    assert "the tool records at" in check.detail and "are damaged" in check.detail
+    assert "restore tools.db from a backup" in check.detail
     assert "\n" not in check.detail
 
 

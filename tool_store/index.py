@@ -507,10 +507,19 @@ class ToolIndex:
         import chromadb
         from chromadb.config import Settings
 
-        client = chromadb.PersistentClient(
-            path=str(path), settings=Settings(anonymized_telemetry=False)
-        )
-        index = cls(client, **kwargs)
+        settings = Settings(anonymized_telemetry=False)  # PersistentClient sets the path in it
+        try:
+            client = chromadb.PersistentClient(path=str(path), settings=settings)
+        except BaseException:
+            _forget_chroma_system(settings)
+            raise
+        try:
+            index = cls(client, **kwargs)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.close()
+            _forget_chroma_system(settings)
+            raise
         index.snapshot_path = Path(path) / f"insitu-lexical-{index._dense_name()}.pkl"
         return index
 
@@ -909,6 +918,25 @@ def _fuse(
     return dense_weight * _normalise(dense.astype(np.float64), method) + (
         1.0 - dense_weight
     ) * _normalise(lexical.astype(np.float64), method)
+
+
+def _forget_chroma_system(settings: Any) -> None:
+    """Drop Chroma's cached system for a path whose opening failed.
+
+    Chroma keeps one system per path for the process, cached before it starts:
+    one that failed to start (a damaged ``chroma.sqlite3``) would otherwise be
+    handed, half-built, to the next client of that path, e.g. the fresh index a
+    reindex builds after moving the damaged one aside.
+    """
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    with contextlib.suppress(Exception):
+        identifier = SharedSystemClient._get_identifier_from_settings(settings)
+        system = SharedSystemClient._identifier_to_system.pop(identifier, None)
+        SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+        if system is not None:
+            with contextlib.suppress(Exception):
+                system.stop()
 
 
 def http_client(url: str) -> ClientAPI:

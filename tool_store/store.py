@@ -66,6 +66,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from insitu import pyast
+from insitu.tool_store import health
 from insitu.tool_store.changes import (
     CallRecord,
     ChangeSet,
@@ -326,6 +327,8 @@ class ToolStore:
         write_lock_timeout: float = 60.0,
         journal_mode: Literal["wal", "delete"] = "wal",
         verify_index: bool = True,
+        recreate_records: bool = False,
+        rebuild_damaged_index: bool = False,
     ) -> ToolStore:
         """Open (creating if needed) the tool library in a directory.
 
@@ -342,6 +345,12 @@ class ToolStore:
             journal_mode: SQLite journal: ``"wal"`` (one host) or ``"delete"``
                 (a store on a network filesystem, server mode).
             verify_index: Check the index against the records and repair it.
+            recreate_records: Create ``tools.db`` even where the rest of a library
+                (index, checkpoints, workspaces) says it was lost (importing an
+                export there); otherwise that is refused.
+            rebuild_damaged_index: Local mode: a Chroma directory that cannot be
+                opened is moved aside (``index.damaged-TIME``, see
+                :attr:`index_set_aside`) and an empty one created, for :meth:`reindex`.
 
         Returns:
             The open store.
@@ -349,8 +358,11 @@ class ToolStore:
         Raises:
             StoreLockedError: Another process holds the writer lock (local mode).
             StoreError: The directory holds no library (read-only) or an
-                unreadable one.
-            IndexUnavailableError: The Chroma index cannot be opened or reached.
+                unreadable one; the states of :mod:`insitu.tool_store.health`
+                (a read-only directory for a writer, a file, lost or damaged
+                records), each raised before anything is created.
+            IndexUnavailableError: The Chroma index cannot be opened or reached
+                (locally: :class:`~insitu.tool_store.health.IndexDamagedError`).
         """
         self = object.__new__(cls)
         self._set_defaults(resolve_store_path(path), read_only, chroma_url)
@@ -360,9 +372,10 @@ class ToolStore:
                 lock_timeout=lock_timeout,
                 write_lock_timeout=write_lock_timeout,
                 journal_mode=journal_mode,
+                recreate_records=recreate_records,
             )
             if not read_only:
-                self._open_index()
+                self._open_index(set_aside_damaged=rebuild_damaged_index)
                 if verify_index:
                     with self._writing("verify the index", catch_up=False):
                         report = self._verify_index(full=False)
@@ -399,6 +412,8 @@ class ToolStore:
         self._index_dirty = False
         self._guard_depth = 0
         self._has_learning: bool | None = None
+        #: Where a damaged local index was moved by this store (``rebuild_damaged_index``).
+        self.index_set_aside: Path | None = None
 
     def _init(
         self,
@@ -407,12 +422,20 @@ class ToolStore:
         lock_timeout: float,
         write_lock_timeout: float,
         journal_mode: str,
+        recreate_records: bool = False,
     ) -> None:
         from insitu.tool_store.embeddings import resolve_embedding_name
 
         if journal_mode not in ("wal", "delete"):
             raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
         self._write_lock_timeout = write_lock_timeout
+        # Unusable directories are refused before the lock file or tools.db is created.
+        if self.read_only:
+            health.check_location(self.path)
+        else:
+            health.check_writable(self.path, "write to the library")
+        if not recreate_records:
+            health.check_records_present(self.path)
         if not self.read_only:
             self.path.mkdir(parents=True, exist_ok=True)
             if self.chroma_url is None:
@@ -423,25 +446,38 @@ class ToolStore:
                 raise StoreError(
                     f"no tool library at {self.path} (no {DB_NAME}); nothing has been stored yet"
                 )
-            self._db = sqlite3.connect(
-                f"file:{db_path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
+            try:
+                self._db = health.connect_read_only(db_path)
+            except sqlite3.DatabaseError as exc:
+                damaged = health.records_failure(db_path, exc)
+                if damaged is None:
+                    raise
+                raise damaged from exc
         else:
+            damage = health.sqlite_damage(db_path)
+            if damage is not None:
+                raise health.records_damaged(db_path, damage)
             self._db = sqlite3.connect(
                 str(db_path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if not self.read_only:
-            # NORMAL in WAL mode survives a process crash (only a power loss can
-            # drop the latest commits, never corrupt them); FULL costs an fsync per write.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            with self._file_guard():
-                self._db.execute(f"PRAGMA journal_mode = {journal_mode}")
-                self._db.executescript(_SCHEMA)
-                self._db.executescript(LEARNING_SCHEMA)
-                self._init_meta()
+        try:
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if not self.read_only:
+                # NORMAL in WAL mode survives a process crash (only a power loss can
+                # drop the latest commits, never corrupt them); FULL costs an fsync per write.
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                with self._file_guard():
+                    self._db.execute(f"PRAGMA journal_mode = {journal_mode}")
+                    self._db.executescript(_SCHEMA)
+                    self._db.executescript(LEARNING_SCHEMA)
+                    self._init_meta()
+        except sqlite3.DatabaseError as exc:
+            damaged = health.records_failure(db_path, exc)
+            if damaged is None:
+                raise
+            raise damaged from exc
         self._check_schema()
         self.embedding_name = resolve_embedding_name(embedding or self._meta("embedding"))
         if not self.read_only and self._meta("embedding") != self.embedding_name:
@@ -467,6 +503,9 @@ class ToolStore:
         try:
             version = int(self._meta("schema_version") or "0")
         except sqlite3.DatabaseError as exc:
+            damaged = health.records_failure(self.path / DB_NAME, exc)
+            if damaged is not None:
+                raise damaged from exc
             raise StoreFormatError(f"{self.path / DB_NAME} is not a tool library: {exc}") from exc
         if version > SCHEMA_VERSION:
             raise StoreFormatError(
@@ -523,7 +562,13 @@ class ToolStore:
             self._guard_depth -= 1
             lock.release()
 
-    def _open_index(self) -> None:
+    def _open_index(self, *, set_aside_damaged: bool = False) -> None:
+        """Open the Chroma index; locally, optionally replace one that cannot be opened.
+
+        Args:
+            set_aside_damaged: Move a local index that fails to open aside and
+                start an empty one (its contents are rebuilt from the records).
+        """
         from insitu.tool_store.index import ToolIndex, http_client
 
         name = f"insitu-tools-{self.library_id[:12]}"
@@ -542,16 +587,52 @@ class ToolStore:
                     embedding=self.embedding_name,
                     replace_on_embedding_change=True,
                 )
-            # Experiences have a collection of their own on the same Chroma client.
-            self._experience_index = ToolIndex(
-                self._index._dense.client,  # type: ignore[union-attr]
-                collection=f"insitu-experiences-{self.library_id[:12]}",
-                embedding=self.embedding_name,
-                replace_on_embedding_change=True,
-            )
+            self._open_experience_index()
         except Exception as exc:
-            where = self.chroma_url or str(self.path / INDEX_DIR)
-            raise IndexUnavailableError(f"cannot open the tool index at {where}: {exc}") from exc
+            if self.chroma_url:
+                raise IndexUnavailableError(
+                    f"cannot open the tool index at {self.chroma_url}: {exc}"
+                ) from exc
+            if not set_aside_damaged:
+                raise health.index_damaged(self.path / INDEX_DIR, self.path, str(exc)) from exc
+            self._replace_local_index(f"{type(exc).__name__}: {exc}")
+
+    def _open_experience_index(self) -> None:
+        """Experiences have a collection of their own on the tool index's Chroma client."""
+        from insitu.tool_store.index import ToolIndex
+
+        assert self._index is not None
+        self._experience_index = ToolIndex(
+            self._index._dense.client,  # type: ignore[union-attr]
+            collection=f"insitu-experiences-{self.library_id[:12]}",
+            embedding=self.embedding_name,
+            replace_on_embedding_change=True,
+        )
+
+    def _replace_local_index(self, why: str) -> None:
+        """Move the local index directory aside and open an empty one (under the lock)."""
+        from insitu.tool_store.index import ToolIndex
+
+        if self._index is not None:
+            with contextlib.suppress(Exception):
+                self._index.close()
+            self._index = None
+        self._memory_indexes.clear()
+        self._experience_index = None
+        self.index_set_aside = health.set_aside(self.path / INDEX_DIR)
+        log.warning(
+            "the index of %s could not be used (%s); moved it to %s and started a new one",
+            self.path,
+            health.one_line(why, 200),
+            self.index_set_aside,
+        )
+        self._index = ToolIndex.persistent(
+            self.path / INDEX_DIR,
+            collection=f"insitu-tools-{self.library_id[:12]}",
+            embedding=self.embedding_name,
+            replace_on_embedding_change=True,
+        )
+        self._open_experience_index()
 
     def close(self) -> None:
         """Close the store (idempotent): release the index, the database and the lock."""
@@ -903,10 +984,24 @@ class ToolStore:
     def reindex(self) -> int:
         """Rebuild the index from the records (every active tool's current version).
 
+        Locally, an index that fails while it is rebuilt (damaged files that
+        opened) is moved aside (:attr:`index_set_aside`) and built anew.
+
         Returns:
             The number of tools indexed.
         """
         with self._writing("reindex"):
+            try:
+                return self._rebuild_index()
+            except Exception as exc:
+                if self.chroma_url:
+                    raise
+                self._replace_local_index(f"{type(exc).__name__}: {exc}")
+                return self._rebuild_index()
+
+    def _rebuild_index(self) -> int:
+        """Empty the index and write every active tool into it again (under the lock)."""
+        with self._lock:
             assert self._index is not None
             self._index.clear()
             names = [r[0] for r in self.db.execute("SELECT name FROM tools ORDER BY name")]

@@ -217,7 +217,9 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--store",
-            type=click.Path(file_okay=False),
+            # Not file_okay=False: a file there gets the store's own one-line message
+            # (exit 3), as it does when $INSITU_STORE or a config file names it.
+            type=click.Path(),
             expose_value=False,
             callback=_take_store,
             help="Tool library directory (the store_dir setting; default ./.insitu).",
@@ -275,7 +277,11 @@ def store_exit_code(exc: Exception) -> int:
 
 @contextmanager
 def opened_store(
-    settings: InsituContext, *, read_only: bool, embedding: str | None = None
+    settings: InsituContext,
+    *,
+    read_only: bool,
+    embedding: str | None = None,
+    **open_options: Any,
 ) -> Iterator[Any]:
     """Open the settings' store, turning store errors into clear CLI errors.
 
@@ -283,12 +289,27 @@ def opened_store(
     command that only reads or edits a tool must never silently re-embed the
     library. ``$INSITU_EMBEDDING`` (the settings' default) only chooses the
     embedding of a new library; ``tools reindex --embedding`` switches it.
+    A store in a damaged or unusable state (read-only for a writer, a file, lost
+    records, ...) exits 3 with its one-line message, before anything is created.
+
+    Args:
+        settings: The command's settings (``store_dir``, ``chroma_url``).
+        read_only: Open without the writer lock; never writes.
+        embedding: Switch the library to this embedding (``tools reindex``).
+        **open_options: Passed to :meth:`ToolStore.open` (``recreate_records``,
+            ``rebuild_damaged_index``, ``verify_index``).
     """
     from insitu.tool_store import ToolStore
     from insitu.tool_store.errors import StoreError
+    from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(settings.store_dir)
     if read_only and not (path / "tools.db").is_file():
+        try:  # a file, or a library whose records are gone, is not "nothing stored yet"
+            check_location(path)
+            check_records_present(path)
+        except StoreStateError as exc:
+            fail(str(exc), EXIT_RUNTIME)
         fail(
             f"no tool library at {path}: nothing has been stored there yet. Point to a library "
             "with --store DIR or $INSITU_STORE.",
@@ -296,7 +317,11 @@ def opened_store(
         )
     try:
         store = ToolStore.open(
-            path, embedding=embedding, chroma_url=settings.chroma_url, read_only=read_only
+            path,
+            embedding=embedding,
+            chroma_url=settings.chroma_url,
+            read_only=read_only,
+            **open_options,
         )
     except StoreError as exc:
         fail(str(exc), store_exit_code(exc))

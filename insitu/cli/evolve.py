@@ -154,7 +154,7 @@ def evolve_command(
     2 configuration, 3 runtime or model endpoint, 130 interrupted.
     """
     from insitu.evals.tasks import TaskLoadError, load_tasks
-    from insitu.evolve import ReviewPending, RunMismatchError, evolve
+    from insitu.evolve import ReviewPending, RunMismatchError, check_run_can_start, evolve
     from insitu.llm import ModelEndpointError
     from insitu.services import ConfigurationError
     from insitu.tool_store.errors import StoreError
@@ -178,6 +178,10 @@ def evolve_command(
         settings = settings.with_model(model)
     if approve and settings.tool_approval == "none":
         settings = replace(settings, tool_approval="new")
+    try:  # an unusable store or run directory: one line, before the progress bars
+        check_run_can_start(Path(run_dir), settings.store_dir)
+    except StoreError as exc:
+        fail(str(exc), EXIT_RUNTIME)
     reviews = BatchReviews(settings.store_dir, interactive=approve)
     models, banner = None, ""
     if scripted:
@@ -200,6 +204,10 @@ def evolve_command(
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") in ("task_done", "task_failed"):
                 progress.advance(overall)
+            elif event.get("event") == "run_repaired":
+                progress.console.print(
+                    event["message"], highlight=False, markup=False, soft_wrap=True
+                )
             elif details and event.get("detail"):
                 task = event.get("task_id")
                 prefix = f"[{task}] " if task else ""

@@ -412,7 +412,8 @@ def tools_import(
         except ConfigurationError as exc:
             fail(str(exc), EXIT_CONFIG)
     scratch = Path(settings.store_dir).resolve() / "workspaces" / ".import"
-    with opened_store(settings, read_only=False) as store:
+    # Importing is also how a library whose tools.db was lost is rebuilt from an export.
+    with opened_store(settings, read_only=False, recreate_records=True) as store:
         try:
             result = import_library(
                 store,
@@ -438,7 +439,21 @@ def tools_import(
 @settings_options
 @click.pass_obj
 def tools_reindex(settings: InsituContext, embedding: str | None) -> None:
-    """Rebuild the retrieval index from the tool records."""
-    with opened_store(settings, read_only=False, embedding=embedding) as store:
+    """Rebuild the retrieval index from the tool records, whatever state the index is in.
+
+    A damaged local index (one that cannot be opened or rebuilt in place) is
+    moved aside to index.damaged-TIME first; the records are never changed.
+    """
+    with opened_store(
+        settings,
+        read_only=False,
+        embedding=embedding,
+        rebuild_damaged_index=True,
+        verify_index=False,  # the rebuild replaces whatever the check would repair
+    ) as store:
         count = store.reindex()
-        say(f"reindexed {count} tool(s) with the {store.embedding_name} embedding")
+        moved = f"; the damaged index was moved to {store.index_set_aside}"
+        say(
+            f"reindexed {count} tool(s) with the {store.embedding_name} embedding"
+            + (moved if store.index_set_aside else "")
+        )
