@@ -60,7 +60,7 @@ orchestration, **not model results**.
    by working directory, so each episode otherwise starts a fresh one on its
    first tool call), with a pool large enough to keep them all; ``prewarmed
    sandbox + memory checkpoints`` also swaps the run's SQLite checkpointer
-   for LangGraph's in-memory saver (``insitu.api.sqlite_checkpointer`` is
+   for LangGraph's in-memory saver (``insitu.checkpoints.sqlite_checkpointer`` is
    patched in this process only).
 
 2. **Absorb cost vs library size.** For each ``--sizes`` N a fresh store gets N
@@ -468,7 +468,7 @@ def run_speedup(
     load_before = _load()
     cpu_before = _cpu_seconds()
     patch = (
-        mock.patch("insitu.api.sqlite_checkpointer", _memory_checkpointer)
+        mock.patch("insitu.checkpoints.sqlite_checkpointer", _memory_checkpointer)
         if variant == WHAT_IFS[2]
         else nullcontext()
     )
@@ -628,7 +628,7 @@ def _prewarm(sandbox: Any, store_dir: Path, task_ids: Sequence[str]) -> float:
 def _memory_checkpointer(
     directory: Any, filename: str = "checkpoints.sqlite", **_options: Any
 ) -> Iterator[Any]:
-    """What-if stand-in for ``insitu.api.sqlite_checkpointer``: LangGraph's in-memory saver."""
+    """What-if stand-in for the SQLite checkpointer: LangGraph's in-memory saver."""
     from langgraph.checkpoint.memory import InMemorySaver
 
     yield InMemorySaver()

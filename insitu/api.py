@@ -8,27 +8,27 @@ Chat models can be injected (``models=``); by default every role uses the
 model its setting names (``provider:model``, or a bare name on the
 OpenAI-compatible endpoint of ``OPENAI_BASE_URL``). A model endpoint that
 fails raises ``insitu.llm.ModelEndpointError``. Runs are checkpointed in the
-store directory (SQLite), so an interrupted task resumes by thread id.
+store directory (SQLite), or in the database of the ``checkpoint_url`` setting
+(PostgreSQL; see :mod:`insitu.checkpoints`), so an interrupted task resumes by
+thread id.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from insitu.checkpoints import open_checkpointer
 from insitu.context import InsituContext
 from insitu.services import check_model_configuration, open_store
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langgraph.checkpoint.base import BaseCheckpointSaver
-    from langgraph.checkpoint.sqlite import SqliteSaver
 
     from insitu.sandbox import Sandbox
     from insitu.tool_store import ToolStore
@@ -74,53 +74,6 @@ class EpisodeResult(BaseModel):
         return self.status == "completed"
 
 
-@contextmanager
-def sqlite_checkpointer(
-    directory: str | Path,
-    filename: str = "checkpoints.sqlite",
-    *,
-    holder: Literal["store", "run"] = "store",
-) -> Iterator[SqliteSaver]:
-    """Open a SQLite checkpointer in a directory (a store's, or a run's).
-
-    The database runs in WAL mode (as ``SqliteSaver`` sets it up) with
-    ``synchronous=NORMAL``: a commit is durable once it is in the WAL, which
-    survives a killed process, and only a power cut can lose the last few
-    checkpoints (the database stays consistent). With SQLite's default
-    (``FULL``) every one of an episode's dozens of checkpoint writes waited
-    for an fsync, under one lock shared by every episode of a batch.
-
-    Args:
-        directory: Where the file is (created if needed).
-        filename: The database file.
-        holder: Whose checkpoints they are (``store`` or ``run``), for the message
-            of :class:`~insitu.tool_store.health.CheckpointsDamagedError`.
-
-    Raises:
-        CheckpointsDamagedError: The file is damaged (truncated, garbage), found
-            on opening or when an SQLite error shows it later; one line saying
-            what they hold and how to recover.
-    """
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    from insitu.tool_store.health import check_checkpoints, checkpoint_failure
-
-    path = Path(directory)
-    check_checkpoints(path / filename, holder)
-    path.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path / filename, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA synchronous=NORMAL")  # per connection; SqliteSaver sets WAL itself
-        yield SqliteSaver(conn)
-    except sqlite3.DatabaseError as exc:
-        failure = checkpoint_failure(path / filename, holder, exc)
-        if failure is None:
-            raise
-        raise failure from exc
-    finally:
-        conn.close()
-
-
 def _paused_status(payload: dict[str, Any]) -> str:
     """The status of a run that an interrupt paused: a tool review, or ``pause_before``."""
     from insitu.nodes.common import PAUSE_KIND
@@ -158,7 +111,8 @@ def run_task(
         sandbox: A ``Sandbox`` to use.
         thread_id: Checkpoint thread (default: the task id).
         on_event: Receives each progress event (dicts with ``event`` and ``message``).
-        checkpoint: Keep a SQLite checkpoint in the store directory.
+        checkpoint: Keep checkpoints: in the store directory (SQLite), or in the
+            ``checkpoint_url`` database (PostgreSQL).
         checkpointer: A LangGraph checkpointer to use instead (e.g. Postgres, or
             the one of your own application); ``checkpoint`` is then ignored.
         resume: The reviewer's decisions for a run paused by ``tool_approval``
@@ -245,7 +199,7 @@ def run_task(
     if checkpointer is not None:
         final = execute(checkpointer)
     elif checkpoint:
-        with sqlite_checkpointer(settings.store_dir) as saver:
+        with open_checkpointer(settings.store_dir, url=settings.checkpoint_url) as saver:
             final = execute(saver)
     else:
         final = execute(None)

@@ -169,6 +169,14 @@ class InsituContext:
     chroma_url: str | None = _describe(
         "Chroma server URL for a shared index (server mode); local index when empty.", None
     )
+    checkpoint_url: str | None = _describe(
+        "Where runs keep their LangGraph checkpoints: empty for the SQLite file "
+        "checkpoints.sqlite in the store directory (insitu run) or run directory (insitu "
+        "evolve, eval); a postgresql://user:password@host:port/database URL for a PostgreSQL "
+        "database shared by several machines (one schema per directory; needs the scale "
+        "extra). Resume with the same directory path.",
+        None,
+    )
     embedding: Literal["minilm", "hashing"] = _describe(
         "Embedding model for retrieval: the bundled MiniLM, or 'hashing' (tests only).", "minilm"
     )

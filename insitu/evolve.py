@@ -692,7 +692,7 @@ def evolve(
         RunMismatchError: ``run_dir`` holds a different run.
         ValueError: Duplicate task ids or a bad batch size.
     """
-    from insitu.api import sqlite_checkpointer
+    from insitu.checkpoints import open_checkpointer
     from insitu.graphs.evolve import create_evolve_graph
 
     settings = InsituContext.coerce(context)
@@ -758,7 +758,11 @@ def evolve(
     outage = _OutageWatch(settings.max_consecutive_endpoint_failures)
     started = time.monotonic()
     with ExitStack() as stack:
-        saver = stack.enter_context(sqlite_checkpointer(run_dir, CHECKPOINTS_FILE, holder="run"))
+        saver = stack.enter_context(
+            open_checkpointer(
+                run_dir, url=settings.checkpoint_url, filename=CHECKPOINTS_FILE, holder="run"
+            )
+        )
         saver = _crash_hook(saver)
         api_base = stack.enter_context(_local_api_if_needed(tasks))
         graph = create_evolve_graph(

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
-from insitu.api import run_task, sqlite_checkpointer
+from insitu.api import run_task
+from insitu.checkpoints import sqlite_checkpointer
 from insitu.graphs.episode import create_episode_graph
 from insitu.testing import ScriptedChatModel
 from insitu.testing.team import ScriptedTeam, prompt_text

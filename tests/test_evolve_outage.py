@@ -24,7 +24,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 import insitu.evolve as evolve_module
-from insitu.api import sqlite_checkpointer
+from insitu.checkpoints import sqlite_checkpointer
 from insitu.evals.tasks import Task
 from insitu.evolve import (
     CHECKPOINTS_FILE,

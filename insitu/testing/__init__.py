@@ -8,6 +8,8 @@
   :class:`Slow`, :class:`Drop`: reply forms both understand.
 - :func:`malformed_replies` and friends (:mod:`insitu.testing.fuzz`): seeded
   hostile and malformed replies for robustness tests.
+- :mod:`insitu.testing.services` (imported on its own): real PostgreSQL, Chroma
+  server and Ray cluster processes on loopback, for the scale tests and benchmarks.
 """
 
 from insitu.testing.fuzz import (
