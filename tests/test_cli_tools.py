@@ -403,3 +403,24 @@ def test_importing_a_folder_that_is_not_an_export_creates_nothing(tmp_path: Path
     assert done.exit_code == EXIT_CONFIG, done.output
     assert "holds no manifest.json" in done.output
     assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("rollback", "compute_mean", "1"),
+        ("archive", "compute_mean"),
+        ("lock", "compute_mean"),
+        ("reindex",),
+        ("prune", "--min-utility", "0.1"),
+        ("history", "compute_mean"),
+    ],
+)
+def test_commands_on_a_missing_library_create_nothing(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    store = tmp_path / "nowhere"
+    done = CliRunner().invoke(main, ["--store", str(store), "tools", *args])
+    assert done.exit_code == EXIT_CONFIG, done.output
+    assert "nothing has been stored there yet" in done.output
+    assert not store.exists()

@@ -280,6 +280,7 @@ def opened_store(
     settings: InsituContext,
     *,
     read_only: bool,
+    creates: bool = False,
     embedding: str | None = None,
     **open_options: Any,
 ) -> Iterator[Any]:
@@ -295,6 +296,8 @@ def opened_store(
     Args:
         settings: The command's settings (``store_dir``, ``chroma_url``).
         read_only: Open without the writer lock; never writes.
+        creates: The command may start a new library (``tools import``, ``tools
+            add``); any other command needs one already there and creates nothing.
         embedding: Switch the library to this embedding (``tools reindex``).
         **open_options: Passed to :meth:`ToolStore.open` (``recreate_records``,
             ``rebuild_damaged_index``, ``verify_index``).
@@ -304,7 +307,7 @@ def opened_store(
     from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(settings.store_dir)
-    if read_only and not (path / "tools.db").is_file():
+    if not creates and not (path / "tools.db").is_file():
         try:  # a file, or a library whose records are gone, is not "nothing stored yet"
             check_location(path)
             check_records_present(path)

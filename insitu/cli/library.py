@@ -132,7 +132,7 @@ def tools_add(
     except AuthoringError as exc:
         fail(str(exc), EXIT_INCOMPLETE)
     note = f"written by hand: {source_file.name}"
-    with opened_store(settings, read_only=False) as store:
+    with opened_store(settings, read_only=False, creates=True) as store:
         exists = store.has(spec.name)
         if exists and not new_version:
             fail(

@@ -237,7 +237,7 @@ def tools_add_mcp(
             connection = McpConnection.stdio(command, env=env_names)
     except McpToolError as exc:
         fail(str(exc), EXIT_CONFIG)
-    with opened_store(settings, read_only=False) as store:
+    with opened_store(settings, read_only=False, creates=True) as store:
         try:
             registration = register_mcp_server(store, name, connection, timeout_s=timeout)
         except McpNameClashError as exc:

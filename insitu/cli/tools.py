@@ -413,7 +413,7 @@ def tools_import(
             fail(str(exc), EXIT_CONFIG)
     scratch = Path(settings.store_dir).resolve() / "workspaces" / ".import"
     # Importing is also how a library whose tools.db was lost is rebuilt from an export.
-    with opened_store(settings, read_only=False, recreate_records=True) as store:
+    with opened_store(settings, read_only=False, creates=True, recreate_records=True) as store:
         try:
             result = import_library(
                 store,
