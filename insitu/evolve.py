@@ -478,6 +478,7 @@ def step_row(
         "tools_added": len(absorb.get("added") or []),
         "tools_merged": len(absorb.get("merged") or []),
         "tools_archived": len(absorb.get("archived") or []),
+        "tools_pruned": len((final.get("commit") or {}).get("pruned") or []),
         "tools_repaired": len(absorb.get("repaired") or []),
         "invocations": invocations,
         "successes": successes,

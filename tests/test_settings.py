@@ -606,3 +606,14 @@ def test_no_endpoint_hint_names_the_command_s_scripted_flag(
     assert "No model endpoint is configured" in result.output
     assert flag in result.output
     assert "run_task(..., models=" not in result.output  # the Python hint is for Python
+
+
+def test_settings_never_print_a_url_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://insitu:s3cret@127.0.0.1:5432/library"
+    report = settings_json("settings", "--json", "--set", f"checkpoint_url={url}")
+    assert report["checkpoint_url"]["value"] == "postgresql://insitu:***@127.0.0.1:5432/library"
+    table = invoke("--set", f"checkpoint_url={url}", "settings")
+    assert table.exit_code == 0 and "s3cret" not in table.output

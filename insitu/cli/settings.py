@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from rich.table import Table
@@ -23,7 +24,7 @@ def show_settings(as_json: bool) -> None:
     """
     loaded = loaded_settings()
     rows = [
-        (name, getattr(loaded.context, name), loaded.sources[name], description)
+        (name, shown(getattr(loaded.context, name)), loaded.sources[name], description)
         for name, _default, description in describe_settings()
     ]
     if as_json:
@@ -40,3 +41,10 @@ def show_settings(as_json: bool) -> None:
         table.add_row(*map(cell, (name, repr(value), source, description)))
     out.print(table)
     say(sandbox_line(loaded.context))
+
+
+def shown(value: Any) -> Any:
+    """A setting's value as printed: a URL's password (checkpoint_url, ...) is hidden."""
+    from insitu.checkpoints import redact
+
+    return redact(value) if isinstance(value, str) and "://" in value else value
