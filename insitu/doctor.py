@@ -609,6 +609,53 @@ def check_store_parts(context: InsituContext) -> list[Check]:
     ]
 
 
+def check_shared_services(context: InsituContext) -> list[Check]:
+    """The shared services the settings point to answer: a Chroma server, PostgreSQL checkpoints.
+
+    Nothing is written: Chroma is asked for its heartbeat, PostgreSQL for ``SELECT 1``.
+    """
+    rows = []
+    timeout = check_timeout_s(context)
+    if context.chroma_url:
+        import httpx
+
+        url = context.chroma_url.rstrip("/") + "/api/v2/heartbeat"
+        try:
+            httpx.get(url, timeout=timeout).raise_for_status()
+            rows.append(Check("chroma server", OK, f"{context.chroma_url} answers"))
+        except Exception as exc:
+            rows.append(
+                Check(
+                    "chroma server",
+                    FAIL,
+                    f"{context.chroma_url}: {one_line(str(exc) or type(exc).__name__)}; start it "
+                    "(`chroma run --path DIR --port PORT`) or fix chroma_url",
+                )
+            )
+    if context.checkpoint_url:
+        from insitu.checkpoints import redact
+
+        shown = redact(context.checkpoint_url)
+        try:
+            import psycopg
+
+            with psycopg.connect(
+                context.checkpoint_url, connect_timeout=max(1, int(timeout))
+            ) as conn:
+                conn.execute("SELECT 1")
+            rows.append(Check("checkpoints database", OK, f"{shown} answers"))
+        except Exception as exc:
+            rows.append(
+                Check(
+                    "checkpoints database",
+                    FAIL,
+                    f"{shown}: {one_line(str(exc) or type(exc).__name__)}; start PostgreSQL or "
+                    "fix checkpoint_url",
+                )
+            )
+    return rows
+
+
 # --------------------------------------------------------------------- all checks
 
 
@@ -632,7 +679,11 @@ def iter_checks(
     if store:
 
         def store_rows() -> list[Check]:
-            return [check_store(context), *check_store_parts(context)]
+            return [
+                check_store(context),
+                *check_store_parts(context),
+                *check_shared_services(context),
+            ]
 
         yield from bounded("store", store_rows, CHECK_TIMEOUT_CAP_S)
 
