@@ -171,6 +171,9 @@ class EpisodeOutput(TypedDict):
     tools_repaired: list[str]
     new_tools: list[dict[str, Any]]
     library_calls: list[dict[str, Any]]
+    # The Manager's last candidates: what retrieval offered it (``local`` ones were built
+    # in the episode); ``insitu eval replay`` measures retrieval with them.
+    candidates: NotRequired[list[Candidate]]
     commit_error: NotRequired[str]
     failure: NotRequired[EpisodeFailure]
     rejected_tools: NotRequired[list[dict[str, Any]]]

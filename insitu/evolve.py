@@ -11,6 +11,7 @@ A run directory holds:
   ``isolation`` its tools ran with, the weakest one if a resumed run changed it);
 * ``predictions.jsonl`` — one line per task and *pass* (a batch's own run of
   its tasks, or a later retry pass): ``id``, ``answer``, ``status``, tools,
+  ``retrieved`` (the library tools the Manager's retrieval offered, best first),
   ``tokens`` (spent before a failure too), ``error`` (one line, or null),
   ``error_kind`` (``endpoint``, ``timeout``, ``internal`` or null), ``failure``
   (the endpoint's details: role, model, url, status, message), ``batch`` and
@@ -408,6 +409,8 @@ def prediction_row(
         "tools_used": list(result.get("tools_used") or []),
         "tools_created": list(result.get("tools_created") or []),
         "tools_repaired": list(result.get("tools_repaired") or []),
+        # Library tools the Manager's retrieval offered, best first (for ``eval replay``).
+        "retrieved": [c["name"] for c in result.get("candidates") or [] if not c.get("local")],
         "tokens": dict(result.get("usage") or {}),
         "metrics": dict(result.get("metrics") or {}),
         "error": result.get("error"),

@@ -826,6 +826,32 @@ class ToolStore:
             [(h, model, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
         )
 
+    def seed_vector_cache(self, pairs: Iterable[tuple[ToolSpec, np.ndarray]]) -> int:
+        """Put vectors embedded elsewhere into the vector cache, so commits skip embedding.
+
+        For bulk builds (``insitu eval replay --distractors``) that embed once and keep
+        the vectors between libraries. Each vector must be this store's embedding
+        (``embedding_name``) of ``spec.embedding_text()``: the cache trusts it.
+
+        Args:
+            pairs: ``(spec, vector)`` pairs.
+
+        Returns:
+            How many pairs were given (vectors already cached are kept as they are).
+
+        Raises:
+            ValueError: A vector whose length is not the embedding's.
+        """
+        from insitu.tool_store.embeddings import DIMENSIONS
+
+        vectors = {spec.content_hash(): np.asarray(v, dtype=np.float32) for spec, v in pairs}
+        wrong = [h for h, v in vectors.items() if v.shape != (DIMENSIONS,)]
+        if wrong:
+            raise ValueError(f"{len(wrong)} vector(s) are not of length {DIMENSIONS}")
+        with self._writing("seed the vector cache"), self._transaction() as cur:
+            self._save_vectors(cur, vectors)
+        return len(vectors)
+
     # --------------------------------------------------------------- index
 
     def _index_doc(self, record: ToolRecord, vector: np.ndarray | None) -> Any:

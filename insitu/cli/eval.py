@@ -63,7 +63,8 @@ def eval_group() -> None:
     """Compare systems on a task suite, or run a benchmark of insitu's machinery.
 
     `insitu eval SUITE --systems ...` compares systems (see `insitu eval suite --help`);
-    `retrieval`, `dedup` and `scaling` measure the store and the absorbing step.
+    `retrieval`, `dedup` and `scaling` measure the store and the absorbing step; `replay`
+    re-asks a run's solved tasks against its frozen library.
     """
 
 
@@ -627,3 +628,183 @@ def suite_command(
             fail_model_endpoint(exc)
     out.print(comparison_markdown(comparison), highlight=False, markup=False, soft_wrap=True)
     progress(f"comparison written to {run_dir}/comparison.md, comparison.json, report.html")
+
+
+# ---------------------------------------------------------------- replay
+
+
+@eval_group.command("replay")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--paraphrases",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='JSONL: {"id": TASK_ID, "paraphrases": [QUESTION, ...]} a line; each paraphrase '
+    "is replayed too.",
+)
+@click.option(
+    "--distractors",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Replay against a copy of the library padded to N tools with inert distractors "
+    "(0: the library itself; the original is never written).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The tool_retrieval corpus of the distractors (default: ../shared/data/"
+    "tool_retrieval from here or the project root, else $INSITU_DATA/tool_retrieval).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Distractor vectors and padded libraries (default: $TMPDIR/insitu-replay-cache).",
+)
+@click.option(
+    "--replay-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The replay's own run folder (default: RUN_DIR/replay/<library>-<key>; the same "
+    "command resumes it).",
+)
+@click.option(
+    "--batch-size",
+    "-b",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks replayed at once (default: the run's batch size).",
+)
+@click.option(
+    "--tasks",
+    "tasks_source",
+    default=None,
+    help="The run's task source, when the one in its run.json is not found here (for the "
+    "tasks' files and graders).",
+)
+@click.option("--model", default=None, help="Model name for every role.")
+@click.option(
+    "--scripted",
+    is_flag=True,
+    help="Use the scripted test model instead of an LLM (every output says its numbers are "
+    "not model results).",
+)
+@json_option
+@settings_options
+@click.pass_obj
+def eval_replay(
+    settings: InsituContext,
+    run_dir: Path,
+    paraphrases: Path | None,
+    distractors: int,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    replay_dir: Path | None,
+    batch_size: int | None,
+    tasks_source: str | None,
+    model: str | None,
+    scripted: bool,
+    json_path: Path | None,
+) -> None:
+    """Solved once, solved again: re-ask every task RUN_DIR completed, with the library frozen.
+
+    Reports the re-solve rate, the tools created (must be 0; the library is checked
+    unchanged), the replay's tokens against the first solve's, and how often the
+    Manager's retrieval returned the tools the first solve used. The library is the
+    run's, or the one given with --store. Exit codes: 0 done, 1 the library changed
+    or tools were created, 2 usage or configuration, 3 model endpoint or store held
+    elsewhere, 130 interrupted.
+    """
+    from insitu.cli.common import EXIT_INCOMPLETE, loaded_settings
+    from insitu.evals.distractors import DistractorError
+    from insitu.evals.harness import SCRIPTED_NOTE
+    from insitu.evals.replay import ReplayError, run_replay, summary_rows, task_table_rows
+    from insitu.evolve import RunMismatchError
+    from insitu.llm import ConfigurationError, ModelEndpointError
+    from insitu.tool_store.errors import StoreError
+
+    # Only a library named on this command line replaces the run's own (not $INSITU_STORE).
+    given = loaded_settings().sources["store_dir"] in ("--store", "--set")
+    library = Path(settings.store_dir) if given else None
+    data = None
+    if distractors:
+        data, single = data_root("tool_retrieval", data_dir, "tools.jsonl")
+        if single:  # one set's folder: its parent holds the sets, use only that one
+            fail(
+                f"--data must be a folder of sets (like tool_retrieval/), not {data_dir}",
+                EXIT_CONFIG,
+            )
+    if model:
+        settings = settings.with_model(model)
+    models = scripted_models(SCRIPTED_NOTE) if scripted else None
+    with interruptible():
+        try:
+            report = run_replay(
+                run_dir,
+                paraphrases=paraphrases,
+                distractors=distractors,
+                data_dir=data,
+                cache_dir=cache_dir,
+                library=library,
+                replay_dir=replay_dir,
+                batch_size=batch_size,
+                tasks_source=tasks_source,
+                context=settings,
+                models=models,
+                scripted=scripted,
+                log=progress,
+            )
+        except (ReplayError, DistractorError) as exc:
+            fail(str(exc), EXIT_CONFIG)
+        except RunMismatchError as exc:
+            fail(f"{exc} (or pass another --replay-dir)", EXIT_CONFIG)
+        except ConfigurationError as exc:
+            fail_configuration(exc)
+        except ModelEndpointError as exc:
+            fail_model_endpoint(exc)
+        except StoreError as exc:
+            from insitu.cli.common import store_exit_code
+
+            fail(str(exc), store_exit_code(exc))
+    label = " — scripted test model, not model results" if report["scripted"] else ""
+    show(
+        results_table(
+            f"replay of {report['run_dir']}{label}",
+            ["figure", "value", "what it counts"],
+            summary_rows(report),
+            f"replay folder: {report['replay_dir']}; {report['batch_size']} task(s) at once; "
+            f"{report['wall_time_s']:.1f} s" + (f"\n{report['note']}" if report["note"] else ""),
+            labels=3,
+        )
+    )
+    rows, left_out = task_table_rows(report)
+    show(
+        results_table(
+            "tasks (not re-solved and retrieval misses first)" + label,
+            [
+                "task",
+                "kind",
+                "status",
+                "re-solved",
+                "hits",
+                "tokens first -> replay",
+                "ratio",
+                "tools created",
+            ],
+            rows,
+            f"{left_out} more in --json" if left_out else None,
+            labels=4,
+        )
+    )
+    write_json(report, json_path)
+    if report["tools_created"] or not report["library_unchanged"]:
+        fail(
+            "the frozen library was not frozen: "
+            f"{report['tools_created']} tool(s) created, library "
+            + ("unchanged" if report["library_unchanged"] else "changed")
+            + f" ({report['library_before']} -> {report['library_after']})",
+            EXIT_INCOMPLETE,
+        )
