@@ -40,6 +40,7 @@ import keyword
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,7 +53,7 @@ import numpy as np
 from insitu.tool_store.contract import ToolSpec, ToolTest
 
 #: Bump when the generated tools change: it is part of every cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: What an inert distractor raises when called.
 INERT_MESSAGE = "inert distractor: padding added by insitu eval replay; it does nothing"
 #: Note recorded on every distractor's version in the padded library.
@@ -405,11 +406,31 @@ class PaddedLibrary:
 
 
 def library_digest(store: Any) -> str:
-    """SHA-256 of a library's tools (name, version, content, status) and its embedding."""
+    """SHA-256 of a library: its tools (name, version, content, status), what it learned
+    (experiences), and its embedding."""
     digest = hashlib.sha256(store.embedding_name.encode())
     for record in store.list("all"):
         digest.update(f"\0{record.name}@{record.version}:{record.hash}:{record.status}".encode())
+    for experience in store.experiences(limit=1_000_000):
+        digest.update(f"\0experience:{experience.id}".encode())
     return digest.hexdigest()
+
+
+def copy_records(source_dir: Path, store_dir: Path) -> None:
+    """Copy a library's records (tools, versions, statistics, experiences, notes, cases).
+
+    SQLite's online backup gives a consistent copy of ``tools.db`` even if the
+    source is in use; the copy's index is rebuilt from these records when it is
+    opened (the vectors come with them, so nothing is embedded again).
+    """
+    store_dir.mkdir(parents=True)
+    source = sqlite3.connect(f"file:{source_dir / 'tools.db'}?mode=ro", uri=True)
+    target = sqlite3.connect(store_dir / "tools.db")
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
 
 
 def padded_library(
@@ -437,7 +458,7 @@ def padded_library(
         DistractorError: ``size`` is not above the source's size, or beyond the corpus.
         StoreError: The source is not a library.
     """
-    from insitu.tool_store import ToolStore, export_library, import_library
+    from insitu.tool_store import ToolStore
     from insitu.tool_store.changes import ChangeSet, ToolAdd
 
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
@@ -464,11 +485,10 @@ def padded_library(
         corpus = read_corpus(data_dir)
         specs = distractor_specs(size - source_tools, corpus, taken)
         building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=_made(target.parent)))
-        export_library(source, building / "export")
     try:
         store_dir = building / "store"
+        copy_records(Path(source_dir), store_dir)
         with ToolStore.open(store_dir, embedding=embedding) as copy:
-            import_library(copy, building / "export")
             copy_s = time.perf_counter() - started
             say(f"copied the library ({source_tools} tools); {len(specs):,} distractors to add")
             texts = [spec.embedding_text() for spec in specs]
@@ -502,7 +522,6 @@ def padded_library(
                 embedded=embedded,
                 commit_s=round(commit_s, 2),
             )
-        shutil.rmtree(building / "export", ignore_errors=True)
         (building / PADDED_MARKER).write_text(json.dumps(asdict(padded), indent=1))
         try:
             os.rename(building, target)

@@ -203,6 +203,7 @@ class EpisodeState(TypedDict, total=False):
     candidates: list[Candidate]
     bound_tools: list[str]
     guidance: str
+    plan_reused: str  # the id of the experience whose plan this episode reused, or ""
     requests: list[ToolRequest]
     plan_error: str
     # ToolDeveloper

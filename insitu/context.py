@@ -193,6 +193,15 @@ class InsituContext:
         1200,
         minimum=0,
     )
+    reuse_plan_min_similarity: float | None = _describe(
+        "A task this similar (cosine of the task texts) to one solved before reuses that "
+        "episode's plan in its first round: its tools are bound and its guidance given without "
+        "asking the Manager, and reflection writes no new note for a clean success "
+        "(None: always ask the Manager).",
+        0.9,
+        minimum=-1.0,
+        maximum=1.0,
+    )
     usage_notes_max_chars: int = _describe(
         "Longest usage note (how to call a tool, distilled by reflection from its calls) kept "
         "per tool version and shown to the Executor (0: no notes are distilled).",

@@ -38,6 +38,7 @@ from insitu.nodes.common import (
 from insitu.services import Services
 from insitu.structured import StructuredOutputError, TokenUsage, parse_reply
 from insitu.tool_store.contract import TOOL_NAME_PATTERN
+from insitu.tool_store.errors import StoreError
 from insitu.tool_store.learning import Experience, ToolRef
 
 ROLE = "manager"
@@ -109,13 +110,83 @@ def retrieve_candidates(
     return candidates
 
 
+#: The guidance of a reused plan: the Executor is told where it comes from.
+REUSED_GUIDANCE = (
+    "(This plan solved a very similar earlier task; apply it to this task's own values.) {guidance}"
+)
+
+
+def recalled_candidates(
+    experiences: Sequence[Experience], candidates: Sequence[Candidate], store: Any
+) -> list[Candidate]:
+    """The tools that solved similar earlier tasks, when the search did not return them.
+
+    Retrieval over a large library can miss a tool that a recalled experience
+    names; the experiences are few and their search does not grow with the
+    library, so a task solved once keeps finding its tools (tested with 100,000
+    distractor tools, ``docs/performance.md``).
+    """
+    known = {c["name"] for c in candidates}
+    found: list[Candidate] = []
+    for experience in experiences:
+        if experience.status != "completed":
+            continue
+        for ref in experience.tools:
+            if not ref.called or ref.stale or ref.name in known:
+                continue
+            known.add(ref.name)
+            try:
+                record = store.get(ref.name)
+            except StoreError:  # gone since: nothing to offer
+                continue
+            if record.status != "active":
+                continue
+            found.append(
+                Candidate(
+                    name=record.name,
+                    version=record.version,
+                    description=record.description,
+                    score=round(float(experience.similarity or 0.0), 4),
+                    local=False,
+                )
+            )
+    return found
+
+
+def reusable_plan(
+    state: EpisodeState, experiences: Sequence[Experience], store: Any, context: InsituContext
+) -> Experience | None:
+    """The experience whose plan the first round reuses instead of asking the Manager, if any.
+
+    Only the most similar experience is considered, and only when it is at
+    least ``reuse_plan_min_similarity`` similar, completed, has guidance, and
+    every tool it called is still active and not stale. A later round (after
+    a failure) always asks the Manager.
+    """
+    threshold = context.reuse_plan_min_similarity
+    if threshold is None or not experiences or state.get("rounds", 0) > 0:
+        return None
+    best = experiences[0]
+    if (
+        best.status != "completed"
+        or not best.guidance.strip()
+        or (best.similarity or 0.0) < threshold
+    ):
+        return None
+    for ref in best.tools:
+        if not ref.called:
+            continue
+        if ref.stale or not store.has(ref.name, include_archived=False):
+            return None
+    return best
+
+
 def revive_pruned_tool(store: Any, state: EpisodeState, context: InsituContext) -> None:
     """Restore the pruned tool a search for the task ranks first (see tool_store/pruning.py).
 
     A store that refuses the restore leaves the plan as it was: reviving is an
     optimisation, never a reason for a task to fail.
     """
-    from insitu.tool_store.errors import StoreError
     from insitu.tool_store.pruning import revive_for_task
 
     try:
@@ -319,16 +390,17 @@ def plan_task(
     context = settings(runtime)
     pause_point("plan_task", state, context)
     rounds = state.get("rounds", 0) + 1
-    candidates = retrieve_candidates(state, services, context)
-    emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
+    store = services.store(context)
     experiences = recall_experiences(state, services, context)
+    candidates = retrieve_candidates(state, services, context)
+    candidates += recalled_candidates(experiences, candidates, store)
+    emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
     if experiences:
         emit(
             "recalled",
             f"recalled {len(experiences)} experience(s) of similar tasks",
             count=len(experiences),
         )
-    store = services.store(context)
     messages = manager_messages(state, candidates, context, experiences)
     usage = TokenUsage()
 
@@ -343,6 +415,24 @@ def plan_task(
             **update,
         }
 
+    reused = reusable_plan(state, experiences, store, context)
+    if reused is not None:
+        bound = [ref.name for ref in reused.tools if ref.called]
+        emit(
+            "planned",
+            f"plan reused from a similar task solved before (similarity "
+            f"{reused.similarity:.2f}): bind {len(bound)} tool(s)",
+            bind=bound,
+            requests=[],
+            experience=reused.id,
+        )
+        return planned(
+            bound_tools=bound,
+            guidance=REUSED_GUIDANCE.format(guidance=reused.guidance),
+            plan_reused=reused.id,
+            plan_error="",
+            **deadline_update(state),
+        )
     try:
         asked = ask_role(
             ROLE,
@@ -374,6 +464,7 @@ def plan_task(
     return planned(
         bound_tools=decision.bind,
         guidance=decision.guidance,
+        plan_reused="",
         requests=requests,
         plan_error="",
         **deadline_update(state),

@@ -264,6 +264,23 @@ def episode_metrics(state: EpisodeState) -> tuple[EpisodeMetrics, list[str]]:
     return metrics, sorted({f"{i['tool']}@{i['version']}" for i in invocations})
 
 
+def reused_plan_succeeded(state: EpisodeState) -> bool:
+    """Whether the episode completed on a reused plan with nothing built, repaired or failing.
+
+    Such an episode teaches nothing the reused experience does not already say:
+    it costs no reflection note and adds no experience (one per task would
+    otherwise pile up for a recurring task).
+    """
+    return bool(
+        state.get("plan_reused")
+        and state.get("status") == "completed"
+        and state.get("rounds", 0) <= 1
+        and not state.get("local_tools")
+        and not state.get("repaired_tools")
+        and all(inv["ok"] for inv in state.get("invocations") or [])
+    )
+
+
 def summarize_episode(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
@@ -271,7 +288,8 @@ def summarize_episode(
 
     The experience (``nodes/learning.py``) is kept in the state, so that a
     resumed episode commits exactly the one it recorded. An episode whose model
-    endpoint failed records none: that says nothing about the task.
+    endpoint failed records none: that says nothing about the task; nor does a
+    clean success on a reused plan (:func:`reused_plan_succeeded`).
     """
     context = settings(runtime)
     local = state.get("local_tools") or {}
@@ -291,8 +309,11 @@ def summarize_episode(
     )
     usage = TokenUsage()
     failure = state.get("failure")
+    reused_cleanly = reused_plan_succeeded(state)
     if failure:  # the endpoint is known to be failing: do not ask it for a note
         note = f"(no reflection: the episode failed: {failure['message']})"
+    elif reused_cleanly:  # nothing new happened: the experience it reused stands
+        note = f"(no reflection: the plan of experience {state['plan_reused']} worked again)"
     else:
         try:
             note = ask_text(
@@ -316,7 +337,7 @@ def summarize_episode(
     endpoint_failed = (failure or {}).get("kind") == "endpoint"
     experience = (
         {"experience": episode_experience(state, note).model_dump(mode="json")}
-        if learns(context) and not endpoint_failed
+        if learns(context) and not endpoint_failed and not reused_cleanly
         else {}
     )
     return {

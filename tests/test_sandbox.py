@@ -108,6 +108,19 @@ def test_call_ok_returns_output_stdout_and_duration(sandbox: Sandbox, workdir: P
     assert out.duration_ms > 0
 
 
+def test_calls_work_when_the_host_holds_descriptors_past_1024(tmp_path: Path) -> None:
+    """A long-lived host process (a test session, a server) may number its pipes past 1024."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with Sandbox(SandboxSettings(timeout_s=10, memory_mb=1024)) as sandbox:
+            for warm in (True, False):
+                out = sandbox.call(MEAN, {"values": [1, 2, 3]}, workdir=tmp_path, warm=warm)
+                assert out.ok and out.output == {"mean": 2.0, "count": 3}, out
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("warm", [True, False])
 def test_warm_and_cold_give_the_same_result(sandbox: Sandbox, workdir: Path, warm: bool) -> None:
     out = sandbox.call(MEAN, {"values": [2, 4]}, workdir=workdir, warm=warm)

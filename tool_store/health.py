@@ -31,9 +31,10 @@ DB_NAME = "tools.db"
 INDEX_DIR = "index"
 LOCK_NAME = "store.lock"
 CHECKPOINTS_NAME = "checkpoints.sqlite"
-#: What a store directory holds besides its records once a library was there (``toolenv/``,
-#: the tools' virtualenv, is left out: it says nothing about the records).
-STATE_ENTRIES = (INDEX_DIR, CHECKPOINTS_NAME, "workspaces")
+#: What a store directory holds besides its records once a library was there. Left out:
+#: ``toolenv/`` (the tools' virtualenv) and ``workspaces/``, which a new episode creates
+#: before it first opens the store; neither says anything about the records.
+STATE_ENTRIES = (INDEX_DIR, CHECKPOINTS_NAME)
 #: What the records hold, said in every message about them.
 RECORDS_HOLD = "every tool, its versions and statistics"
 _SQLITE_MAGIC = b"SQLite format 3\x00"

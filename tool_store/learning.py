@@ -173,6 +173,11 @@ class Experience(BaseModel):
         default=None, description="The library generation it was written at (set by the store)."
     )
     commit_id: str | None = Field(default=None, description="The commit that wrote it.")
+    similarity: float | None = Field(
+        default=None,
+        exclude=True,
+        description="Cosine similarity to the query that recalled it (set by search, not stored).",
+    )
 
     @field_validator("task_id", mode="before")
     @classmethod

@@ -1159,6 +1159,8 @@ class ToolStore:
     def search_experiences(self, query: str, k: int = 3) -> list[Experience]:
         """The experiences of the tasks most similar to ``query`` (dense search), best first.
 
+        Each carries its ``similarity`` to the query (cosine).
+
         Their tool references are as they are now: renamed by merges, marked
         stale by archives and rollbacks.
         """
@@ -1180,7 +1182,11 @@ class ToolStore:
                 return []
             hits = index.search(query, k=k, mode="dense")
             found = read_experiences(self.db, [h.id for h in hits])
-            return [found[h.id] for h in hits if h.id in found]
+            return [
+                found[h.id].model_copy(update={"similarity": h.dense_score})
+                for h in hits
+                if h.id in found
+            ]
 
     def experiences(self, *, limit: int = 100, task_id: str | None = None) -> list[Experience]:
         """The latest experiences (newest last), optionally of one task."""

@@ -56,7 +56,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import select
 import shutil
 import socket
 import struct
@@ -69,6 +68,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from insitu.sandbox.fdwait import wait_fd
 
 HELPER = "slirp4netns"
 #: The sandbox's side of the link (slirp4netns: gateway .2, DNS .3, guest .100).
@@ -694,8 +695,7 @@ class NetworkAttachment:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NetworkSetupError("bwrap did not report its sandbox's pid in time")
-            readable, _, _ = select.select([self._info_read], [], [], remaining)
-            if not readable:
+            if not wait_fd(self._info_read, timeout_s=remaining):
                 continue
             chunk = os.read(self._info_read, 4096)
             data += chunk
@@ -781,8 +781,7 @@ class NetworkAttachment:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            readable, _, _ = select.select([ready_read], [], [], min(remaining, 0.05))
-            if readable:
+            if wait_fd(ready_read, timeout_s=min(remaining, 0.05)):
                 return os.read(ready_read, 16) == b"1"
             if helper.poll() is not None:
                 return False

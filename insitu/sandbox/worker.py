@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 
 from insitu.sandbox import runner
 from insitu.sandbox.backend import UidLease, spawner, sweep_uid
+from insitu.sandbox.fdwait import wait_fd
 
 logger = logging.getLogger("insitu.sandbox")
 
@@ -155,8 +155,7 @@ class SandboxProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerError("timeout", "the sandbox stopped reading its requests")
-            _, writable, _ = select.select([], [self._in], [], remaining)
-            if not writable:
+            if not wait_fd(self._in, write=True, timeout_s=remaining):
                 continue
             try:
                 written = os.write(self._in, view)
@@ -171,8 +170,7 @@ class SandboxProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerError("timeout", "no answer from the sandbox in time")
-            readable, _, _ = select.select([self._out], [], [], remaining)
-            if not readable:
+            if not wait_fd(self._out, timeout_s=remaining):
                 continue
             try:
                 chunk = os.read(self._out, 1 << 20)
