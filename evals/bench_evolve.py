@@ -90,6 +90,7 @@ The figures and their analysis are in ``docs/performance.md``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -243,7 +244,8 @@ class TimingProxy:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
-        if not callable(value) or name.startswith("__"):
+        # Methods only: an sqlite3 connection (``store.db``) is callable too.
+        if not inspect.isroutine(value) or name.startswith("__"):
             return value
 
         def timed(*args: Any, **kwargs: Any) -> Any:

@@ -49,6 +49,7 @@ class ReflectionInput(TypedDict):
     failure: NotRequired[EpisodeFailure]
     report: NotRequired[ExecutorReport]
     rounds: NotRequired[int]
+    plan_reused: NotRequired[str]
     executor_steps: NotRequired[int]
     guidance: NotRequired[str]
     bound_tools: NotRequired[list[str]]

@@ -27,6 +27,7 @@ from insitu.testing.team import SUMMARIZE_NUMBERS, ScriptedTeam, prompt_text
 from insitu.tool_store import ChangeSet, ToolStore, ToolTest
 from insitu.tool_store.admission import admit_tool
 from insitu.tool_store.learning import Experience, HarvestedCase, ToolRef, UsageNote
+from insitu.tool_store.testing import make_spec
 
 MEAN = "What is the mean of 3, 5, 10 and 2?"
 #: summarize_numbers with a bug its own tests do not catch: negative inputs raise.
@@ -330,3 +331,71 @@ def test_a_merge_that_changes_a_harvested_output_is_refused(tmp_path: Path, sand
         assert store.get("profile_numbers").status == "active"  # kept apart, added as built
         [experience] = store.experiences()
         assert [t.ref for t in experience.tools] == ["profile_numbers@1"]
+
+
+# ------------------------------------------------------------------ solved once, solved again
+
+
+def test_a_task_solved_once_is_solved_again_on_its_reused_plan_for_fewer_tokens(
+    run_episode, store: ToolStore
+) -> None:
+    team = RecordingTeam()
+    first, _ = run_episode(MEAN, team.model())
+    assert first.status == "completed" and first.tools_created == ["summarize_numbers"]
+    managers, reflections = team.role_calls.get("manager"), team.role_calls.get("reflection")
+
+    again, events = run_episode(MEAN, team.model())
+
+    assert again.status == "completed" and again.answer == first.answer
+    assert again.tools_created == [] and again.tools_used == ["summarize_numbers@1"]
+    assert team.role_calls.get("manager") == managers  # the plan was not asked for again
+    assert team.role_calls.get("reflection") == reflections  # nothing new to reflect on
+    planned = next(e for e in events if e["event"] == "planned")
+    [experience] = store.experiences()  # no duplicate experience of the same task
+    assert planned["experience"] == experience.id and "plan reused" in planned["message"]
+    assert sum(t["total_tokens"] for t in again.usage.values()) < 0.6 * sum(
+        t["total_tokens"] for t in first.usage.values()
+    )
+
+
+def test_a_plan_is_not_reused_when_its_tool_is_gone_or_reuse_is_off(
+    run_episode, store: ToolStore
+) -> None:
+    team = RecordingTeam()
+    run_episode(MEAN, team.model())
+    managers = team.role_calls.get("manager")
+    off, _ = run_episode(MEAN, team.model(), reuse_plan_min_similarity=None)
+    assert off.status == "completed" and team.role_calls.get("manager") == managers + 1
+    store.archive("summarize_numbers", "replaced by hand")
+    run_episode(MEAN, team.model())
+    assert team.role_calls.get("manager") > managers + 1  # stale: the Manager plans anew
+
+
+def test_recalled_experiences_offer_the_tools_retrieval_missed(
+    run_episode, store: ToolStore, sandbox, tmp_path: Path
+) -> None:
+    """With a crowded library the search may not return a tool an experience names."""
+    team = RecordingTeam()
+    run_episode(MEAN, team.model())
+    for index in range(6):  # near-namesakes that outrank it for this task
+        spec = make_spec(
+            f"compute_mean_variant_{index}",
+            f"Mean of 3, 5, 10 and 2 numbers, variant {index}: the mean of numbers.",
+        )
+        store.add(spec)
+    task = "What is the mean of 3, 5, 10 and 2, please?"
+    result, events = run_episode(
+        task,
+        team.model(),
+        retrieval_k=2,
+        reuse_plan_min_similarity=None,
+    )
+    searched = [
+        h.record.name for h in store.search("What is the mean of 3, 5, 10 and 2, please?", k=2)
+    ]
+    assert "summarize_numbers" not in searched  # the search alone misses it
+    retrieved = next(e for e in events if e["event"] == "retrieved")
+    assert retrieved["count"] == 3
+    offered = section(team.last("You are the Manager"), "Candidate tools")
+    assert "summarize_numbers" in offered
+    assert result.status == "completed" and result.tools_used == ["summarize_numbers@1"]

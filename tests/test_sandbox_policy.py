@@ -573,9 +573,14 @@ def test_bad_allowed_secrets_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(services, "_sandboxes", {})
+    from insitu.tool_store import ToolStore, export_library
+
+    with ToolStore.open(tmp_path / "lib", embedding="hashing") as library:
+        export_library(library, tmp_path / "export")
     bad = ["--set", "allowed_secrets=PATH"]
     result = CliRunner().invoke(
-        main, ["--store", str(tmp_path), *bad, "tools", "import", str(tmp_path)]
+        main,
+        ["--store", str(tmp_path / "target"), *bad, "tools", "import", str(tmp_path / "export")],
     )
     assert result.exit_code == EXIT_CONFIG, result.output
     assert "PATH is configuration" in result.output
