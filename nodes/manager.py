@@ -20,6 +20,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import Candidate, EpisodeState, ToolRequest
@@ -306,7 +307,7 @@ def manager_messages(
     )
 
 
-def plan_task(
+async def plan_task(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Retrieve candidates, then ask the Manager what to bind and what to build.
@@ -319,9 +320,9 @@ def plan_task(
     context = settings(runtime)
     pause_point("plan_task", state, context)
     rounds = state.get("rounds", 0) + 1
-    candidates = retrieve_candidates(state, services, context)
+    candidates = await blocking(retrieve_candidates, state, services, context)
     emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
-    experiences = recall_experiences(state, services, context)
+    experiences = await blocking(recall_experiences, state, services, context)
     if experiences:
         emit(
             "recalled",
@@ -344,13 +345,18 @@ def plan_task(
         }
 
     try:
-        asked = ask_role(
+        asked = await ask_role(
             ROLE,
             services,
             context,
             messages,
-            lambda text: validate_decision(
-                parse_reply(text, ManagerDecision), candidates, context, store.has
+            # The check reads the store (names already taken): off the event loop.
+            lambda text: blocking(
+                validate_decision,
+                parse_reply(text, ManagerDecision),
+                candidates,
+                context,
+                store.has,
             ),
             usage,
         )
