@@ -112,6 +112,7 @@ from unittest import mock
 from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import PrivateAttr
 
+from insitu import aio
 from insitu.testing.scripted import ScriptedChatModel, estimate_tokens
 from insitu.testing.team import prompt_text
 
@@ -207,6 +208,13 @@ class TimedScriptedChatModel(ScriptedChatModel):
         start = time.perf_counter()
         try:
             return super()._generate(messages, stop, run_manager, **kwargs)
+        finally:
+            self._record(messages, start, time.perf_counter())
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
         finally:
             self._record(messages, start, time.perf_counter())
 
@@ -941,12 +949,14 @@ def run_absorb(
         ]
         sandbox.timing_reset()
         started = time.perf_counter()
-        change_set, report, _usage = absorb_batch(
-            results,
-            batch_id=f"bench-{library_size}-{duplicates}",
-            services=services,
-            context=context,
-            scratch_dir=store_dir / "scratch",
+        change_set, report, _usage = aio.run(
+            absorb_batch(
+                results,
+                batch_id=f"bench-{library_size}-{duplicates}",
+                services=services,
+                context=context,
+                scratch_dir=store_dir / "scratch",
+            )
         )
         absorb_s = time.perf_counter() - started
         records = model.records

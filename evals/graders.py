@@ -32,6 +32,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, Field
 
+from insitu import aio
 from insitu.structured import StructuredOutputError, ask_structured, code_blocks, parse_reply
 
 if TYPE_CHECKING:
@@ -421,11 +422,13 @@ def judge(
         return _grade(False, "empty prediction", "judge")
     messages = [HumanMessage(content=judge_prompt(question, reference, prediction))]
     try:
-        asked = ask_structured(
-            model.invoke,
-            messages,
-            lambda text: parse_reply(text, Verdict),
-            max_attempts=max_attempts,
+        asked = aio.run(
+            ask_structured(
+                model.ainvoke,
+                messages,
+                lambda text: parse_reply(text, Verdict),
+                max_attempts=max_attempts,
+            )
         )
     except StructuredOutputError as exc:
         return _grade(False, f"judge reply unparseable: {exc}", "judge")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from typing_extensions import TypedDict
 
+from insitu.aio import node
 from insitu.context import CommitMode, InsituContext
 from insitu.events import emit
 from insitu.graphs.reflection import build_reflection_graph
@@ -88,11 +88,11 @@ def build_episode_graph(
         input_schema=EpisodeInput,
         output_schema=EpisodeOutput if output_key is None else namespaced_output(output_key),
     )
-    builder.add_node("prepare_workspace", partial(workspace.prepare_workspace, services=services))
-    builder.add_node("plan_task", partial(manager.plan_task, services=services))
-    builder.add_node("build_tools", partial(tool_developer.build_tools, services=services))
-    builder.add_node("execute_task", partial(executor.execute_task, services=services))
-    builder.add_node("write_answer", partial(integrator.write_answer, services=services))
+    builder.add_node("prepare_workspace", node(workspace.prepare_workspace, services=services))
+    builder.add_node("plan_task", node(manager.plan_task, services=services))
+    builder.add_node("build_tools", node(tool_developer.build_tools, services=services))
+    builder.add_node("execute_task", node(executor.execute_task, services=services))
+    builder.add_node("write_answer", node(integrator.write_answer, services=services))
     reflection = build_reflection_graph(services, commit_mode=commit_mode)
     builder.add_node(
         "reflect", reflection.compile(checkpointer=None if checkpoint_reflection else False)
@@ -119,7 +119,7 @@ def end_with_output(builder: StateGraph, last: str, output_key: str | None) -> N
     if output_key is None:
         builder.add_edge(last, END)
         return
-    builder.add_node("package_output", partial(package_output, output_key=output_key))
+    builder.add_node("package_output", node(package_output, output_key=output_key))
     builder.add_edge(last, "package_output")
     builder.add_edge("package_output", END)
 
@@ -132,7 +132,7 @@ def namespaced_output(output_key: str) -> type:
     )
 
 
-def package_output(state: EpisodeState, *, output_key: str) -> dict[str, Any]:
+async def package_output(state: EpisodeState, *, output_key: str) -> dict[str, Any]:
     """Node of a namespaced episode: its output keys, as one item under ``output_key``.
 
     The item also says how long the episode took (``wall_time_s``) and, when it

@@ -1,7 +1,8 @@
 """The batch graph: a batch of tasks in parallel, then absorbing, then one commit.
 
     START -> schedule_tasks --Send per task of the next wave--> solve_task (the episode
-             graph, one per task, at most batch_concurrency at once) -> schedule_tasks
+             graph as a subgraph, one per task, at most batch_concurrency at once; an
+             asyncio task each, cancelled at episode_timeout_s) -> schedule_tasks
     schedule_tasks -> absorb_tools once every task has a result (cluster + merge)
     absorb_tools -> review_tools (a human decision, only with tool_approval)
     review_tools -> commit_batch (one atomic, idempotent commit) -> END
@@ -12,26 +13,32 @@ whose fan-out never ran, when a process was killed at the right moment).
 
 Every episode reads the library as it was at the start of the batch (episodes
 defer their commits) plus its own local tools, never another episode's.
-``create_evolve_graph()`` returns the compiled graph; ``build_evolve_graph()``
-the uncompiled builder; ``graph`` is the compiled graph that ``langgraph.json``
-serves.
+Run it with ``ainvoke``/``astream`` (``insitu evolve`` and
+:func:`insitu.evolve.evolve` do, on insitu's event loop; so does Studio): the
+episodes are asyncio tasks, cancelled at ``episode_timeout_s``. Under
+``invoke``/``stream`` they are LangGraph's threads instead, stopped by their
+roles at the first step past the limit. ``create_evolve_graph()`` returns the compiled graph;
+``build_evolve_graph()`` the uncompiled builder; ``graph`` is the compiled graph
+that ``langgraph.json`` serves.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
+from insitu.aio import node
 from insitu.context import InsituContext
 from insitu.graphs.episode import RECURSION_LIMIT, create_episode_graph
 from insitu.graphs.interpreter import build_interpreter_graph
 from insitu.graphs.routes import fan_out_tasks
-from insitu.graphs.state import TokenCounts, merge_usage
+from insitu.graphs.state import EpisodeInput, TokenCounts, merge_usage
 from insitu.nodes import absorb, batch, review
 from insitu.services import Services
 
@@ -43,7 +50,8 @@ if TYPE_CHECKING:
     from insitu.sandbox import Sandbox
     from insitu.tool_store import ToolStore
 
-#: Default parallel episodes of a compiled batch graph (LangGraph's max_concurrency).
+#: Default bound of a compiled batch graph's parallel tasks (LangGraph's max_concurrency);
+#: the episodes are bounded by their waves (``batch_concurrency``).
 DEFAULT_CONCURRENCY = 16
 
 
@@ -140,11 +148,26 @@ def build_evolve_graph(
         input_schema=EvolveInput,
         output_schema=EvolveOutput,
     )
-    builder.add_node("schedule_tasks", batch.schedule_tasks)
-    builder.add_node("solve_task", episode, error_handler=batch.episode_crashed)
-    builder.add_node("absorb_tools", partial(absorb.absorb_tools, services=services))
-    builder.add_node("review_tools", partial(review.review_batch_tools, services=services))
-    builder.add_node("commit_batch", partial(absorb.commit_batch, services=services))
+
+    # Closures over ``episode``, so that LangGraph (and Studio) see it as the subgraph.
+    async def solve_task(task: EpisodeInput, runtime: Runtime[InsituContext]) -> dict[str, Any]:
+        return await batch.solve_task(task, runtime, episode=episode)
+
+    def solve_task_in_thread(
+        task: EpisodeInput, runtime: Runtime[InsituContext]
+    ) -> dict[str, Any]:  # LangGraph injects from this signature into both variants
+        return batch.solve_task_in_thread(task, episode=episode)
+
+    builder.add_node("schedule_tasks", node(batch.schedule_tasks))
+    builder.add_node(
+        "solve_task",
+        RunnableCallable(solve_task_in_thread, solve_task, name="solve_task", trace=False),
+        input_schema=EpisodeInput,
+        error_handler=batch.episode_crashed,
+    )
+    builder.add_node("absorb_tools", node(absorb.absorb_tools, services=services))
+    builder.add_node("review_tools", node(review.review_batch_tools, services=services))
+    builder.add_node("commit_batch", node(absorb.commit_batch, services=services))
     builder.add_edge(START, "schedule_tasks")
     builder.add_conditional_edges("schedule_tasks", fan_out_tasks, ["solve_task", "absorb_tools"])
     builder.add_edge("solve_task", "schedule_tasks")
@@ -174,7 +197,7 @@ def create_evolve_graph(
         solver: ``episode`` or the ``interpreter`` baseline.
         checkpointer: Optional LangGraph checkpointer (resume a batch by thread id).
         name: The graph's name.
-        max_concurrency: Threads LangGraph may use at once (at least the largest
+        max_concurrency: Tasks LangGraph may run at once (at least the largest
             ``batch_concurrency`` you will run with, which bounds the episodes).
         episode_checkpoints: See :func:`build_evolve_graph`.
     """
@@ -186,8 +209,8 @@ def create_evolve_graph(
         episode_checkpoints=episode_checkpoints,
     )
     compiled = builder.compile(checkpointer=checkpointer, name=name)
-    # LangGraph's own bound also counts a streaming consumer's waiter; the batch's
-    # episodes are bounded by its waves (batch_concurrency), so this only keeps room.
+    # Under invoke/stream LangGraph's bound also counts a streaming consumer's waiter;
+    # the episodes are bounded by their waves (batch_concurrency): this only keeps room.
     return compiled.with_config(
         recursion_limit=RECURSION_LIMIT, max_concurrency=max_concurrency + 1
     )

@@ -10,11 +10,11 @@ harness run it in place of the episode graph (``solver="interpreter"``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING
 
 from langgraph.graph import START, StateGraph
 
+from insitu.aio import node
 from insitu.context import InsituContext
 from insitu.graphs.episode import end_with_output, namespaced_output
 from insitu.graphs.state import EpisodeInput, EpisodeOutput, EpisodeState
@@ -43,11 +43,11 @@ def build_interpreter_graph(
         input_schema=EpisodeInput,
         output_schema=EpisodeOutput if output_key is None else namespaced_output(output_key),
     )
-    builder.add_node("prepare_workspace", partial(workspace.prepare_workspace, services=services))
-    builder.add_node("bind_interpreter", partial(interpreter.bind_interpreter, services=services))
-    builder.add_node("execute_task", partial(executor.execute_task, services=services))
-    builder.add_node("write_answer", partial(integrator.write_answer, services=services))
-    builder.add_node("summarize_interpreter_run", interpreter.summarize_interpreter_run)
+    builder.add_node("prepare_workspace", node(workspace.prepare_workspace, services=services))
+    builder.add_node("bind_interpreter", node(interpreter.bind_interpreter, services=services))
+    builder.add_node("execute_task", node(executor.execute_task, services=services))
+    builder.add_node("write_answer", node(integrator.write_answer, services=services))
+    builder.add_node("summarize_interpreter_run", node(interpreter.summarize_interpreter_run))
     builder.add_edge(START, "prepare_workspace")
     builder.add_edge("prepare_workspace", "bind_interpreter")
     builder.add_edge("bind_interpreter", "execute_task")

@@ -13,12 +13,12 @@ it to the batch).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NotRequired
 
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
+from insitu.aio import node
 from insitu.context import CommitMode, InsituContext
 from insitu.graphs.state import (
     BuildFailure,
@@ -93,17 +93,13 @@ def build_reflection_graph(
         input_schema=ReflectionInput,
         output_schema=ReflectionOutput,
     )
-    builder.add_node("update_tool_stats", partial(reflection.update_tool_stats, **bound))
-    builder.add_node(
-        "repair_failed_tools", partial(reflection.repair_failed_tools, services=services)
-    )
-    builder.add_node("review_tools", partial(review.review_episode_tools, **bound))
-    builder.add_node("summarize_episode", partial(reflection.summarize_episode, services=services))
-    builder.add_node(
-        "distill_usage_notes", partial(learning.distill_usage_notes, services=services)
-    )
-    builder.add_node("harvest_cases", partial(learning.harvest_cases, services=services))
-    builder.add_node("commit_tools", partial(reflection.commit_tools, **bound))
+    builder.add_node("update_tool_stats", node(reflection.update_tool_stats, **bound))
+    builder.add_node("repair_failed_tools", node(reflection.repair_failed_tools, services=services))
+    builder.add_node("review_tools", node(review.review_episode_tools, **bound))
+    builder.add_node("summarize_episode", node(reflection.summarize_episode, services=services))
+    builder.add_node("distill_usage_notes", node(learning.distill_usage_notes, services=services))
+    builder.add_node("harvest_cases", node(learning.harvest_cases, services=services))
+    builder.add_node("commit_tools", node(reflection.commit_tools, **bound))
     builder.add_edge(START, "update_tool_stats")
     builder.add_edge("update_tool_stats", "repair_failed_tools")
     builder.add_edge("repair_failed_tools", "review_tools")

@@ -2,7 +2,8 @@
 
 The public API, imported lazily so that ``insitu --help`` stays fast:
 
-* :func:`run_task` and :class:`EpisodeResult` — solve one task against a store.
+* :func:`run_task` / :func:`arun_task` and :class:`EpisodeResult` — solve one task against a
+  store (synchronously, or awaited on your event loop).
 * :func:`create_episode_graph` / :func:`create_evolve_graph` — the compiled graphs,
   to invoke or to add to a graph of your own; :func:`send_tasks` fans a parent's
   tasks out to episodes; :func:`build_episode_graph` — the uncompiled builder.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from insitu.api import EpisodeResult, run_task
+    from insitu.api import EpisodeResult, arun_task, run_task
     from insitu.context import InsituContext
     from insitu.graphs.episode import build_episode_graph, create_episode_graph, send_tasks
     from insitu.graphs.evolve import create_evolve_graph
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "EpisodeResult": "insitu.api",
     "run_task": "insitu.api",
+    "arun_task": "insitu.api",
     "InsituContext": "insitu.context",
     "build_episode_graph": "insitu.graphs.episode",
     "create_episode_graph": "insitu.graphs.episode",
@@ -40,6 +42,7 @@ __all__ = [
     "InsituContext",
     "ToolStore",
     "__version__",
+    "arun_task",
     "build_episode_graph",
     "create_episode_graph",
     "create_evolve_graph",

@@ -4,6 +4,8 @@
     result = run_task("What is the median of 3, 1, 7, 4?", store_dir=".insitu")
     print(result.answer, result.tools_created)
 
+    result = await arun_task("...", store_dir=".insitu")  # from a coroutine
+
 Chat models can be injected (``models=``); by default every role uses the
 model its setting names (``provider:model``, or a bare name on the
 OpenAI-compatible endpoint of ``OPENAI_BASE_URL``). A model endpoint that
@@ -11,6 +13,9 @@ fails raises ``insitu.llm.ModelEndpointError``. Runs are checkpointed in the
 store directory (SQLite), or in the database of the ``checkpoint_url`` setting
 (PostgreSQL; see :mod:`insitu.checkpoints`), so an interrupted task resumes by
 thread id.
+
+The episode runs on asyncio: :func:`arun_task` on the caller's event loop,
+:func:`run_task` on insitu's own (:mod:`insitu.aio`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from insitu.checkpoints import open_checkpointer
+from insitu import aio
+from insitu.checkpoints import open_async_checkpointer
 from insitu.context import InsituContext
 from insitu.services import check_model_configuration, open_store
 
@@ -81,7 +87,16 @@ def _paused_status(payload: dict[str, Any]) -> str:
     return "paused" if payload.get("kind") == PAUSE_KIND else "awaiting_review"
 
 
-def run_task(
+def run_task(task: str | None, **options: Any) -> EpisodeResult:
+    """Solve one task with the episode graph, synchronously: :func:`arun_task` on insitu's loop.
+
+    Takes the same arguments as :func:`arun_task` and raises the same errors.
+    Ctrl-C cancels the episode (its checkpoints stay, so the task resumes).
+    """
+    return aio.run(arun_task(task, **options))
+
+
+async def arun_task(
     task: str | None,
     *,
     files: Sequence[str | Path] = (),
@@ -97,7 +112,10 @@ def run_task(
     checkpointer: BaseCheckpointSaver | None = None,
     resume: Any = None,
 ) -> EpisodeResult:
-    """Solve one task with the episode graph.
+    """Solve one task with the episode graph, on the caller's event loop.
+
+    Model requests are awaited; sandboxed tool calls and the store run on
+    insitu's blocking threads (``blocking_threads``).
 
     Args:
         task: The question or instruction. ``None`` resumes ``thread_id`` from
@@ -142,9 +160,10 @@ def run_task(
     settings = InsituContext.coerce(context)
     if store_dir is not None:
         settings = replace(settings, store_dir=str(store_dir))
+    aio.set_blocking_threads(settings.blocking_threads)
     if models is None:
         check_model_configuration(settings)
-        preflight(settings)
+        await preflight(settings)
     else:
         Services(models=models).check_models(settings)
     if settings.tool_approval != "none" and checkpointer is None and not checkpoint:
@@ -172,16 +191,16 @@ def run_task(
     if tool_store is None:
         # Opened before the checkpoints are created: a store that cannot be used
         # (read-only, damaged) is refused with nothing written in it.
-        tool_store = open_store(settings)
+        tool_store = await aio.blocking(open_store, settings)
 
-    def execute(checkpointer: Any) -> dict[str, Any]:
+    async def execute(checkpointer: Any) -> dict[str, Any]:
         graph = create_episode_graph(
             checkpointer=checkpointer, models=models, tool_store=tool_store, sandbox=sandbox
         )
         final: dict[str, Any] = {}
         review: dict[str, Any] | None = None
         # subgraphs=True: the reflection subgraph's progress events reach on_event too.
-        for namespace, mode, chunk in graph.stream(
+        async for namespace, mode, chunk in graph.astream(
             payload,
             config,
             context=settings,
@@ -197,12 +216,14 @@ def run_task(
         return {**final, "review": review} if review else final
 
     if checkpointer is not None:
-        final = execute(checkpointer)
+        final = await execute(checkpointer)
     elif checkpoint:
-        with open_checkpointer(settings.store_dir, url=settings.checkpoint_url) as saver:
-            final = execute(saver)
+        async with open_async_checkpointer(
+            settings.store_dir, url=settings.checkpoint_url
+        ) as saver:
+            final = await execute(saver)
     else:
-        final = execute(None)
+        final = await execute(None)
     review = final.get("review")
     result = EpisodeResult(
         task_id=final.get("task_id") or thread or "",

@@ -1,7 +1,9 @@
 """LangGraph checkpointers: a SQLite file in a directory, or a PostgreSQL database.
 
 Every run that keeps checkpoints gets its checkpointer from
-:func:`open_checkpointer`: ``insitu run`` / ``run_task`` for the store
+:func:`open_checkpointer` (synchronous readers: ``get_state``, ``insitu gc``) or
+its asynchronous variant :func:`open_async_checkpointer` (the runs, which are
+asyncio: ``AsyncSqliteSaver`` / ``AsyncPostgresSaver``): ``insitu run`` / ``run_task`` for the store
 directory, ``insitu evolve`` / ``insitu eval`` for the run directory. By
 default the checkpoints are the SQLite file ``checkpoints.sqlite`` in that
 directory. With the ``checkpoint_url`` setting a ``postgresql://`` URL, they go
@@ -28,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -276,6 +278,14 @@ def open_checkpointer(
         with sqlite_checkpointer(directory, filename, holder=holder) as saver:
             yield saver
         return
+    _check_url(url, filename)
+    scope = str(Path(directory).resolve() / filename)
+    with postgres_checkpointer(url, scope=scope) as saver:
+        yield saver
+
+
+def _check_url(url: str, filename: str) -> None:
+    """Refuse a ``checkpoint_url`` that is not PostgreSQL's (ConfigurationError)."""
     if not is_postgres_url(url):
         from insitu.llm import ConfigurationError
 
@@ -283,6 +293,87 @@ def open_checkpointer(
             f"checkpoint_url={redact(url)!r}: expected a postgresql:// URL, or nothing for "
             f"the SQLite file {filename} in the directory"
         )
+
+
+@asynccontextmanager
+async def open_async_checkpointer(
+    directory: str | Path,
+    *,
+    url: str | None = None,
+    filename: str = CHECKPOINTS_FILE,
+    holder: Literal["store", "run"] = "store",
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """:func:`open_checkpointer` for asyncio runs: the same file or database, async savers.
+
+    The SQLite file (``AsyncSqliteSaver``, ``synchronous=NORMAL`` as above) or the
+    directory's PostgreSQL schema (``AsyncPostgresSaver`` on an async pool). Its
+    synchronous methods (``get_state``) also work, from any thread but the loop's.
+
+    Raises:
+        ConfigurationError: As :func:`open_checkpointer`.
+        CheckpointStoreError: The PostgreSQL database cannot be reached or set up.
+        CheckpointsDamagedError: The SQLite file is damaged.
+    """
+    if not url:
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        from insitu.tool_store.health import check_checkpoints, checkpoint_failure
+
+        path = Path(directory)
+        check_checkpoints(path / filename, holder)
+        path.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(path / filename) as conn:
+            try:
+                await conn.execute("PRAGMA synchronous=NORMAL")
+                yield AsyncSqliteSaver(conn)
+            except sqlite3.DatabaseError as exc:
+                failure = checkpoint_failure(path / filename, holder, exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+        return
+    _check_url(url, filename)
     scope = str(Path(directory).resolve() / filename)
-    with postgres_checkpointer(url, scope=scope) as saver:
+    async with _async_postgres_checkpointer(url, scope=scope) as saver:
         yield saver
+
+
+@asynccontextmanager
+async def _async_postgres_checkpointer(url: str, *, scope: str) -> AsyncIterator[Any]:
+    """:func:`postgres_checkpointer` with LangGraph's ``AsyncPostgresSaver``."""
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+    except ImportError as exc:
+        from insitu.llm import ConfigurationError
+
+        raise ConfigurationError(
+            f"checkpoint_url is a PostgreSQL URL, which needs the scale extra "
+            f"(pip install 'insitu[scale]'): {exc}"
+        ) from exc
+    from insitu.aio import blocking
+
+    schema = schema_for(scope)
+    try:
+        await blocking(_prepare_schema, url, schema, scope)
+    except psycopg.Error as exc:
+        raise CheckpointStoreError(_unusable(url, exc)) from exc
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=POOL_SIZE,
+        kwargs=_connection_options(schema),
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name=f"insitu-checkpoints-{schema}",
+    )
+    try:
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except PoolTimeout as exc:
+            raise CheckpointStoreError(_unusable(url, exc)) from exc
+        yield AsyncPostgresSaver(pool)
+    finally:
+        await pool.close()

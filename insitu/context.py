@@ -309,14 +309,22 @@ class InsituContext:
     )
 
     batch_concurrency: int = _describe(
-        "Episodes of a batch that run at the same time (the batch graph sends its tasks in "
-        "waves of this size).",
+        "Episodes of a batch that run at the same time (asyncio tasks of one process; the "
+        "batch graph sends its tasks in waves of this size).",
         16,
         minimum=1,
     )
+    blocking_threads: int = _describe(
+        "Threads for the episodes' blocking work (sandboxed tool calls, store queries and "
+        "commits, admission tests), shared by every episode of the process; model requests "
+        "need none.",
+        32,
+        minimum=1,
+    )
     episode_timeout_s: float = _describe(
-        "Wall-clock limit of one episode: its roles stop it at their next step after it, and "
-        "it ends failed (error_kind 'timeout').",
+        "Wall-clock limit of one episode. In a batch the episode is cancelled at it (its model "
+        "request aborted, its tools discarded) and ends failed (error_kind 'timeout'); a single "
+        "task (insitu run) is stopped by its roles at their next step after it.",
         1800.0,
         above=0,
     )

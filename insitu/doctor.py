@@ -41,6 +41,7 @@ from typing import Any, Literal
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel
 
+from insitu import aio
 from insitu.context import ROLES, InsituContext
 from insitu.llm import (
     JSON_CHECK_SYSTEM,
@@ -373,7 +374,7 @@ def check_completion(use: ModelUse, context: InsituContext) -> Check:
     name = f"completion ({use.setting})"
     started = time.monotonic()
     try:
-        reply = probe_completion(use.first_role, doctor_settings(context))
+        reply = aio.run(probe_completion(use.first_role, doctor_settings(context)))
     except ModelEndpointError as exc:
         return Check(name, FAIL, exc.one_line())
     except ConfigurationError as exc:
@@ -406,7 +407,7 @@ def check_tool_calling(use: ModelUse, context: InsituContext) -> Check:
     settings = replace(doctor_settings(context), **{f"{role}_max_output_tokens": limit})
     try:
         model = build_chat_model(role, settings)
-        native = False if needs_bind_tools(model) else probe_tool_calling(model, role, settings)
+        native = not needs_bind_tools(model) and aio.run(probe_tool_calling(model, role, settings))
     except ModelEndpointError as exc:
         return Check(name, FAIL, exc.one_line())
     except ConfigurationError as exc:
@@ -454,7 +455,9 @@ def check_json_replies(use: ModelUse, context: InsituContext) -> Check:
     messages = [SystemMessage(content=JSON_CHECK_SYSTEM), HumanMessage(content=JSON_CHECK_REQUEST)]
     started = time.monotonic()
     try:
-        reply = call_model(build_chat_model(role, settings), messages, role=role, context=settings)
+        reply = aio.run(
+            call_model(build_chat_model(role, settings), messages, role=role, context=settings)
+        )
     except ModelEndpointError as exc:
         return Check(name, FAIL, exc.one_line())
     except ConfigurationError as exc:

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from langgraph.types import Command
 from pydantic import BaseModel
 
+from insitu import aio
 from insitu.context import ROLES, InsituContext
 from insitu.evolution import egl, tool_success_rate
 from insitu.graphs.state import merge_usage
@@ -619,14 +620,18 @@ def _stream_batch(
     Raises:
         ReviewPending: The graph paused for a review that ``on_review`` did not answer.
     """
+
+    def progress(item: tuple[Any, dict[str, Any]]) -> None:
+        if on_event is not None:
+            on_event(item[1])
+
     while True:
-        # Only progress events are streamed (from the episodes too); every
-        # episode's state values would be copied to this loop for nothing.
-        for _namespace, chunk in graph.stream(
+        # The episodes run as asyncio tasks on insitu's loop. Only progress events are
+        # streamed (from the episodes too); their state values would be copied for nothing.
+        stream = graph.astream(
             payload, config, context=settings, stream_mode="custom", subgraphs=True
-        ):
-            if on_event is not None:
-                on_event(chunk)
+        )
+        aio.run(aio.drain(stream, progress))
         snapshot = graph.get_state(config)
         if not snapshot.interrupts:
             return dict(snapshot.values or {})
@@ -696,15 +701,16 @@ def evolve(
         RunMismatchError: ``run_dir`` holds a different run.
         ValueError: Duplicate task ids or a bad batch size.
     """
-    from insitu.checkpoints import open_checkpointer
+    from insitu.checkpoints import open_async_checkpointer
     from insitu.graphs.evolve import create_evolve_graph
 
     settings = InsituContext.coerce(context)
     if store_dir is not None:
         settings = replace(settings, store_dir=str(store_dir))
+    aio.set_blocking_threads(settings.blocking_threads)
     if models is None:
         check_model_configuration(settings)
-        preflight(settings)  # refuse to start a long run on a dead endpoint
+        aio.run(preflight(settings))  # refuse to start a long run on a dead endpoint
     else:
         Services(models=models).check_models(settings)
     ids = [t.id for t in tasks]
@@ -763,8 +769,10 @@ def evolve(
     started = time.monotonic()
     with ExitStack() as stack:
         saver = stack.enter_context(
-            open_checkpointer(
-                run_dir, url=settings.checkpoint_url, filename=CHECKPOINTS_FILE, holder="run"
+            aio.entered(
+                open_async_checkpointer(
+                    run_dir, url=settings.checkpoint_url, filename=CHECKPOINTS_FILE, holder="run"
+                )
             )
         )
         saver = _crash_hook(saver)

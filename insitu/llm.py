@@ -20,12 +20,14 @@ optional extra) or a bare name, which means the OpenAI-compatible endpoint of
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import random
 import threading
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -34,12 +36,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from insitu.context import ROLES, InsituContext
 from insitu.events import emit, emit_detail
-from insitu.structured import UNREADABLE_KEY
+from insitu.structured import UNREADABLE_KEY, TokenUsage
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-    from insitu.structured import TokenUsage
 
 #: ``provider:`` prefixes that select LangChain's ``init_chat_model`` (and the pip extra).
 PROVIDER_PACKAGES = {
@@ -390,7 +391,15 @@ def unreadable_reply(reason: str) -> AIMessage:
     return AIMessage(content="", response_metadata={UNREADABLE_KEY: reason})
 
 
-def call_model(
+#: Token counts per role of every reply in this context (an episode's, in a batch): kept by
+#: :func:`call_model` beside the roles' own counts, so that an episode cancelled at its
+#: time limit still reports what it spent before.
+usage_ledger: ContextVar[dict[str, TokenUsage] | None] = ContextVar(
+    "insitu_usage_ledger", default=None
+)
+
+
+async def call_model(
     model: Any,
     messages: Sequence[BaseMessage],
     *,
@@ -399,6 +408,9 @@ def call_model(
     usage: TokenUsage | None = None,
 ) -> AIMessage:
     """Call a role's model once, retrying transient endpoint errors within the budget.
+
+    The request is awaited (``ainvoke``) and so is the backoff, so cancelling
+    the caller aborts the request in flight.
 
     Args:
         model: A chat model, possibly with tools bound.
@@ -423,7 +435,7 @@ def call_model(
     while True:
         sent = time.monotonic()
         try:
-            reply = model.invoke(list(messages), config=config)
+            reply = await model.ainvoke(list(messages), config=config)
         except Exception as exc:
             classified = classify(exc)
             if classified.unreadable:
@@ -431,8 +443,7 @@ def call_model(
                     "unreadable", f"{role}: the reply could not be read: {classified.reason[:160]}"
                 )
                 reply = unreadable_reply(classified.reason)
-                if usage is not None:
-                    usage.add_response(reply)
+                _count_usage(role, reply, usage)
                 return reply
             attempt += 1
             waited = time.monotonic() - started
@@ -448,7 +459,7 @@ def call_model(
                     f"(attempt {attempt + 1})",
                     role=role,
                 )
-                time.sleep(delay)
+                await asyncio.sleep(delay)
                 continue
             name, url = endpoint_of(model, context, role)
             reason = classified.reason
@@ -465,10 +476,18 @@ def call_model(
             ) from exc
         if not isinstance(reply, AIMessage):  # a plain runnable or a str-returning double
             reply = AIMessage(content=str(getattr(reply, "content", reply)))
-        if usage is not None:
-            usage.add_response(reply)
+        _count_usage(role, reply, usage)
         _report_call(model, context, role, reply, time.monotonic() - sent)
         return reply
+
+
+def _count_usage(role: str, reply: AIMessage, usage: TokenUsage | None) -> None:
+    """Add a reply's tokens to the role's counts and to the context's ledger."""
+    if usage is not None:
+        usage.add_response(reply)
+    ledger = usage_ledger.get()
+    if ledger is not None:
+        ledger.setdefault(role, TokenUsage()).add_response(reply)
 
 
 def _report_call(
@@ -521,7 +540,7 @@ _probe_lock = threading.Lock()
 _tool_calling_probes: dict[tuple[str, str], bool] = {}
 
 
-def probe_completion(role: str, context: InsituContext) -> AIMessage:
+async def probe_completion(role: str, context: InsituContext) -> AIMessage:
     """Send the smallest request a role's model accepts (1 output token).
 
     Raises:
@@ -530,10 +549,11 @@ def probe_completion(role: str, context: InsituContext) -> AIMessage:
     """
     tiny = replace(context, **{f"{role}_max_output_tokens": 1, "max_retries": 0})
     model = build_chat_model(role, tiny)
-    return call_model(model, [HumanMessage(content="Reply with OK.")], role=role, context=tiny)
+    prompt = [HumanMessage(content="Reply with OK.")]
+    return await call_model(model, prompt, role=role, context=tiny)
 
 
-def probe_tool_calling(model: Any, role: str, context: InsituContext) -> bool:
+async def probe_tool_calling(model: Any, role: str, context: InsituContext) -> bool:
     """Whether the endpoint returns native tool calls (asked once per model and endpoint).
 
     Raises:
@@ -544,7 +564,7 @@ def probe_tool_calling(model: Any, role: str, context: InsituContext) -> bool:
         if key in _tool_calling_probes:
             return _tool_calling_probes[key]
     bound = model.bind_tools([_PROBE_TOOL], tool_choice=context.tool_choice)
-    reply = call_model(
+    reply = await call_model(
         bound,
         [SystemMessage(content=PROBE_SYSTEM), HumanMessage(content="Record the number 7.")],
         role=role,
@@ -562,7 +582,7 @@ def probe_tool_calling(model: Any, role: str, context: InsituContext) -> bool:
     return native
 
 
-def preflight(context: InsituContext, roles: Sequence[str] = ROLES) -> None:
+async def preflight(context: InsituContext, roles: Sequence[str] = ROLES) -> None:
     """Refuse to start a run on a dead endpoint: one 1-token request per distinct model.
 
     Does nothing when ``context.preflight`` is off. Models passed from Python
@@ -580,4 +600,4 @@ def preflight(context: InsituContext, roles: Sequence[str] = ROLES) -> None:
         if key in seen:
             continue
         seen.add(key)
-        probe_completion(role, context)
+        await probe_completion(role, context)

@@ -11,9 +11,10 @@ bounded number of re-asks.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -238,10 +239,10 @@ class Asked:
     attempts: int
 
 
-def ask_structured(
-    call: Callable[[list[BaseMessage]], BaseMessage],
+async def ask_structured(
+    call: Callable[[list[BaseMessage]], Awaitable[BaseMessage]],
     messages: Sequence[BaseMessage],
-    parse: Callable[[str], Any],
+    parse: Callable[[str], Any | Awaitable[Any]],
     *,
     max_attempts: int = 3,
     on_retry: Callable[[int, str], None] | None = None,
@@ -249,13 +250,14 @@ def ask_structured(
     """Ask a model and re-ask with the parse error until the reply parses.
 
     Args:
-        call: ``messages -> reply``: a chat model's ``invoke``, or a bounded
-            caller such as :func:`insitu.nodes.common.model_caller` (which also
-            counts tokens).
+        call: ``messages -> awaitable reply``: a chat model's ``ainvoke``, or a
+            bounded caller such as :func:`insitu.nodes.common.model_caller` (which
+            also counts tokens).
         messages: The prompt.
         parse: Turns the reply text into the value, raising
             ``StructuredOutputError`` (or ``ValueError``) with a reason the model
-            can act on. Extra checks (e.g. unknown tool names) belong here.
+            can act on. Extra checks (e.g. unknown tool names) belong here; a
+            check that reads the store returns an awaitable (it runs off the loop).
         max_attempts: Total number of model calls allowed.
         on_retry: Called with (attempt, reason) before each re-ask.
 
@@ -269,10 +271,13 @@ def ask_structured(
     conversation = list(messages)
     reason = "no attempt was made"
     for attempt in range(1, max_attempts + 1):
-        reply = call(conversation)
+        reply = await call(conversation)
         text = clean_reply_text(message_text(reply))
         try:
-            return Asked(parse(text), reply, attempt)
+            value = parse(text)
+            if inspect.isawaitable(value):
+                value = await value
+            return Asked(value, reply, attempt)
         except (StructuredOutputError, ValueError, TypeError, RecursionError) as exc:
             reason = " ".join(str(exc).split())[:2000] or type(exc).__name__
             if isinstance(exc, RecursionError):

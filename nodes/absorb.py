@@ -31,6 +31,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.llm import ModelEndpointError
@@ -250,7 +251,7 @@ def _merge_changes(
     return archived
 
 
-def absorb_batch(
+async def absorb_batch(
     results: Sequence[dict[str, Any]],
     *,
     batch_id: str,
@@ -290,11 +291,13 @@ def absorb_batch(
     if not new:
         return changes, report, usage
 
-    library = library_neighbours(new, store, exclude={r.name for r in repairs})
+    library = await blocking(library_neighbours, new, store, exclude={r.name for r in repairs})
     library_names = {r.name for r in library}
     by_name = {r.name: r for r in [*new, *library]}
     threshold = {} if context.absorb_threshold is None else {"threshold": context.absorb_threshold}
-    groups = candidate_groups(new, library, embedding=store.embedding_name, **threshold)
+    groups = await blocking(
+        candidate_groups, new, library, embedding=store.embedding_name, **threshold
+    )
     report.groups_proposed = len(groups)
     emit("grouped", f"absorbing {len(new)} new tool(s): {len(groups)} candidate group(s)")
     merged_away: set[str] = set()
@@ -306,7 +309,7 @@ def absorb_batch(
             break
         messages = prompt_messages("aggregator", tools=aggregator_tools_section(members))
         try:
-            asked = ask_role(
+            asked = await ask_role(
                 ROLE,
                 services,
                 context,
@@ -332,7 +335,8 @@ def absorb_batch(
             emit("merging", f"merging {', '.join(names)} into {keeper.name}", tools=names)
             merge_usage = TokenUsage()  # this merge's own cost, kept with the merged version
             try:
-                spec = develop_tool(
+                harvested = await blocking(merged_harvested, chosen, store, learned)
+                spec = await develop_tool(
                     merger_prompt(keeper.name, chosen),
                     name=keeper.name,
                     call=model_caller(ROLE, services, context, merge_usage),
@@ -340,7 +344,7 @@ def absorb_batch(
                     scratch_dir=scratch_dir,
                     max_attempts=context.max_build_attempts,
                     kept_tests=merged_tests(chosen),
-                    harvested=merged_harvested(chosen, store, learned),
+                    harvested=harvested,
                 )
             except BuildError as exc:
                 report.merge_rejected.append({"members": names, "reason": exc.reason[-800:]})
@@ -373,7 +377,7 @@ def batch_commit_id(batch_id: str, changes: ChangeSet) -> str:
 # ------------------------------------------------------------------ graph nodes
 
 
-def absorb_tools(
+async def absorb_tools(
     state: dict[str, Any], runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Batch node: cluster and merge the batch's tools into one pending change set."""
@@ -386,7 +390,7 @@ def absorb_tools(
         }
     batch_id = state.get("batch_id") or "batch"
     store = services.store(context)
-    changes, report, usage = absorb_batch(
+    changes, report, usage = await absorb_batch(
         state.get("results") or [],
         batch_id=batch_id,
         services=services,
@@ -400,16 +404,22 @@ def absorb_tools(
     }
 
 
-def commit_batch(
+async def commit_batch(
     state: dict[str, Any], runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Batch node: apply the change set in one transaction, then record the batch's calls.
 
     Both are idempotent (keyed by the batch id and their content), so a batch
     resumed after a crash neither adds a tool nor counts a call twice. Writes
-    ``finished_at``, the batch's done marker.
+    ``finished_at``, the batch's done marker. The store's work runs on insitu's
+    blocking threads.
     """
-    context = settings(runtime)
+    return await blocking(_commit_batch, state, settings(runtime), services)
+
+
+def _commit_batch(
+    state: dict[str, Any], context: InsituContext, services: Services
+) -> dict[str, Any]:
     changes = ChangeSet.model_validate(state.get("changes") or {})
     store = services.store(context)
     commit = _commit_changes(

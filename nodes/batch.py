@@ -1,7 +1,8 @@
 """The results of a batch's tasks: an episode can fail or time out without harm.
 
-Inside the batch graph each task is the episode graph itself, a subgraph node
-with ``commit_mode="defer"``: it reads the global library as it was when the
+Inside the batch graph each task's ``solve_task`` node (:func:`solve_task`, an
+asyncio task) runs the episode graph as its subgraph, with ``commit_mode="defer"``:
+it reads the global library as it was when the
 batch started (nothing is committed until absorbing), keeps its own tools local,
 and hands them back in its result (one item of ``results``). An episode that
 fails stays with its task; the batch and the absorb go on. Every result carries
@@ -9,8 +10,9 @@ fails stays with its task; the batch and the absorb go on. Every result carries
 
 * ``"endpoint"``: the model endpoint failed (the episode ended ``failed`` with a
   ``failure`` record, kept in the result, as are the tokens it spent first);
-* ``"timeout"``: the episode ran past ``episode_timeout_s`` (its roles stopped it at
-  their next step);
+* ``"timeout"``: the episode ran past ``episode_timeout_s`` and was cancelled
+  (:func:`solve_task`): its model request in flight was aborted and its tools are
+  discarded; the tokens its finished requests spent are kept;
 * ``"internal"``: the episode raised (a bug, or an unexpected error):
   :func:`episode_crashed`, the node's error handler, records it;
 * ``None``: the episode finished (``completed`` or ``incomplete``).
@@ -21,6 +23,8 @@ and runs those tasks again when the run is resumed.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from langgraph.errors import NodeError
@@ -29,13 +33,16 @@ from langgraph.types import Command
 
 from insitu.context import InsituContext
 from insitu.events import emit
-from insitu.llm import ModelEndpointError
+from insitu.llm import ModelEndpointError, usage_ledger
 from insitu.nodes.common import settings
+from insitu.structured import TokenUsage
 
 #: ``error_kind`` of a result whose model endpoint failed.
 ENDPOINT = "endpoint"
 #: ``error_kind`` of a result whose episode raised anything else.
 INTERNAL = "internal"
+#: ``error_kind`` of a result whose episode was cancelled at its time limit.
+TIMEOUT = "timeout"
 
 
 def one_line(text: str) -> str:
@@ -57,9 +64,8 @@ def failed_result(
         task: The batch task (``id`` is used).
         reason: Why; kept as ``error`` on one line.
         wall_time_s: How long the episode ran.
-        kind: The ``error_kind``: ``endpoint`` or ``internal`` (a timeout is the
-            episode's own ``failure``, packaged with its output).
-        failure: The endpoint failure record, for ``kind="endpoint"``.
+        kind: The ``error_kind``: ``endpoint``, ``timeout`` or ``internal``.
+        failure: The failure record, for ``kind="endpoint"`` or ``"timeout"``.
     """
     return {
         "task_id": task["id"],
@@ -79,12 +85,68 @@ def failed_result(
     }
 
 
-def schedule_tasks(state: dict[str, Any], runtime: Runtime[InsituContext]) -> dict[str, Any]:
+async def schedule_tasks(state: dict[str, Any], runtime: Runtime[InsituContext]) -> dict[str, Any]:
     """Batch node before each wave of episodes: how many run at once (``batch_concurrency``).
 
     The router after it (``fan_out_tasks``) sends the next wave, or goes to absorbing.
     """
     return {"wave_size": settings(runtime).batch_concurrency}
+
+
+async def solve_task(
+    task: dict[str, Any], runtime: Runtime[InsituContext], *, episode: Any
+) -> dict[str, Any]:
+    """Batch node: one task's episode, as an asyncio task cancelled at ``episode_timeout_s``.
+
+    The episode graph runs as this node's subgraph (its checkpoints, when kept,
+    are under this node's namespace). At the time limit the episode is
+    cancelled: its model request in flight is aborted, its local tools are
+    discarded, and its result is a failure of kind ``timeout`` that keeps the
+    tokens its finished requests spent.
+
+    Args:
+        task: The episode's input (``task``, ``task_id``, ``files``).
+        runtime: Supplies ``episode_timeout_s``.
+        episode: The compiled episode (or baseline) graph, with ``output_key="results"``.
+    """
+    limit = settings(runtime).episode_timeout_s
+    ledger: dict[str, TokenUsage] = {}
+    counting = usage_ledger.set(ledger)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(limit) as timer:
+            return await episode.ainvoke(task)
+    except TimeoutError:
+        if not timer.expired():  # a TimeoutError of the episode's own: a crash
+            raise
+    finally:
+        usage_ledger.reset(counting)
+    message = f"the episode ran longer than episode_timeout_s={limit:g} and was cancelled"
+    result = failed_result(
+        {"id": task.get("task_id") or "?"},
+        message,
+        time.monotonic() - started,
+        kind=TIMEOUT,
+        failure={"kind": TIMEOUT, "message": message},
+    )
+    result["usage"] = {role: usage.as_dict() for role, usage in ledger.items() if usage.calls}
+    emit(
+        "task_failed",
+        f"task {result['task_id']} failed ({TIMEOUT}): {message}",
+        task_id=result["task_id"],
+        error_kind=TIMEOUT,
+    )
+    return {"results": [result]}
+
+
+def solve_task_in_thread(task: dict[str, Any], *, episode: Any) -> dict[str, Any]:
+    """:func:`solve_task` under a synchronous ``invoke``/``stream``: the episode in a thread.
+
+    A thread cannot be cancelled: the episode's roles stop it at their first
+    step past ``episode_timeout_s`` (``failure`` of kind ``timeout``, packaged
+    with its output).
+    """
+    return episode.invoke(task)
 
 
 def episode_crashed(state: dict[str, Any], error: NodeError) -> Command:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from importlib import resources
 from string import Template
@@ -73,22 +73,22 @@ def usage_update(role: str, usage: TokenUsage) -> dict[str, dict[str, int]]:
 
 def model_caller(
     role: str, services: Services, context: InsituContext, usage: TokenUsage
-) -> Callable[[Sequence[BaseMessage]], AIMessage]:
-    """Return ``messages -> reply`` for a role: its model, called within the endpoint bounds.
+) -> Callable[[Sequence[BaseMessage]], Awaitable[AIMessage]]:
+    """Return ``messages -> awaitable reply`` for a role: its model, within the endpoint bounds.
 
-    Raises (when called):
+    Raises (when awaited):
         ModelEndpointError: The endpoint failed (see :func:`insitu.llm.call_model`).
     """
     model = services.chat_model(role, context)
     return lambda messages: call_model(model, messages, role=role, context=context, usage=usage)
 
 
-def ask_role(
+async def ask_role(
     role: str,
     services: Services,
     context: InsituContext,
     messages: Sequence[BaseMessage],
-    parse: Callable[[str], Any],
+    parse: Callable[[str], Any | Awaitable[Any]],
     usage: TokenUsage,
 ) -> Asked:
     """Ask a role's model for a structured reply, re-asking on unusable replies.
@@ -105,7 +105,7 @@ def ask_role(
         StructuredOutputError: No usable reply within the bound.
         ModelEndpointError: The endpoint failed.
     """
-    return ask_structured(
+    return await ask_structured(
         model_caller(role, services, context, usage),
         messages,
         parse,
@@ -118,7 +118,7 @@ def ask_role(
     )
 
 
-def ask_text(
+async def ask_text(
     role: str,
     services: Services,
     context: InsituContext,
@@ -137,7 +137,7 @@ def ask_text(
     call = model_caller(role, services, context, usage)
     conversation = list(messages)
     for _attempt in range(1 + context.max_reasks):
-        reply = call(conversation)
+        reply = await call(conversation)
         text = clean_reply_text(message_text(reply))
         if not is_truncated(reply):
             return text

@@ -21,6 +21,7 @@ from langchain_core.tools import BaseTool, tool
 from langgraph.runtime import Runtime
 from pydantic import AliasChoices, BaseModel, Field
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit, emit_detail
 from insitu.graphs.state import EpisodeState, ExecutorReport, Invocation, ToolRequest
@@ -304,7 +305,7 @@ def _call_tool(tool: BaseTool, args: Any) -> str:
         return f"ERROR: {tool.name} could not be called with these arguments: {exc}"[:2000]
 
 
-def _run_tool_calls(
+async def _run_tool_calls(
     calls: list[dict[str, Any]], tools: dict[str, BaseTool], recorder: _Recorder
 ) -> tuple[ExecutorReport | None, list[tuple[dict[str, Any], str]]]:
     """Run one reply's tool calls; return a report if the round must stop, and each result."""
@@ -335,7 +336,7 @@ def _run_tool_calls(
             text = "Reported. The tool will be repaired."
         elif name in tools:
             emit("calling", f"calling {name}", tool=name)
-            text = _call_tool(tools[name], args)
+            text = await blocking(_call_tool, tools[name], args)
         else:
             shown = name if len(name) <= 80 else name[:80] + "…"
             text = (
@@ -386,7 +387,7 @@ def repair_requests(
     ]
 
 
-def tool_calling_mode(model: Any, services: Services, context: InsituContext) -> str:
+async def tool_calling_mode(model: Any, services: Services, context: InsituContext) -> str:
     """How this run's Executor calls tools: ``native`` or ``text`` (see ``tool_calling``).
 
     ``auto`` probes an endpoint-built model once per endpoint and model; a model
@@ -401,7 +402,7 @@ def tool_calling_mode(model: Any, services: Services, context: InsituContext) ->
     require_tool_calling(model)
     if context.tool_calling == "native" or services.injected(ROLE):
         return "native"
-    return "native" if probe_tool_calling(model, ROLE, context) else "text"
+    return "native" if await probe_tool_calling(model, ROLE, context) else "text"
 
 
 def _tools_section(tools: dict[str, BaseTool]) -> str:
@@ -512,7 +513,7 @@ class _Round:
         self.messages.append(HumanMessage(content=reason))
 
 
-def execute_task(
+async def execute_task(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Run one bounded ReAct round over the bound tools.
@@ -532,13 +533,13 @@ def execute_task(
     pause_point("execute_task", state, context)
     recorder = _Recorder(state.get("rounds", 1))
     usage = TokenUsage()
-    tools, missing = bind_tools(state, services, context, recorder)
+    tools, missing = await blocking(bind_tools, state, services, context, recorder)
     model = services.chat_model(ROLE, context)
     try:
-        mode = tool_calling_mode(model, services, context)
+        mode = await tool_calling_mode(model, services, context)
     except ModelEndpointError as exc:
         return {"usage": usage_update(ROLE, usage), **failure_update(exc)}
-    notes = usage_notes_section(state, sorted(tools), services, context)
+    notes = await blocking(usage_notes_section, state, sorted(tools), services, context)
     conversation = _Round(mode, model, state, tools, missing, context, notes)
     used_before = bool(state.get("invocations"))
     report: ExecutorReport | None = None
@@ -552,7 +553,7 @@ def execute_task(
             break
         steps += 1
         try:
-            reply = call_model(
+            reply = await call_model(
                 conversation.model, conversation.messages, role=ROLE, context=context, usage=usage
             )
         except ModelEndpointError as exc:
@@ -561,7 +562,7 @@ def execute_task(
             break
         calls, final_text = conversation.calls_in(reply)
         if calls:
-            report, results = _run_tool_calls(calls, tools, recorder)
+            report, results = await _run_tool_calls(calls, tools, recorder)
             conversation.add_reply(reply, results)
             continue
         conversation.add_reply(reply, [])
@@ -581,7 +582,7 @@ def execute_task(
         )
     emit("executed", f"executor round ended: {report['kind']}", kind=report["kind"])
     return {
-        "requests": repair_requests(state, report, services, context),
+        "requests": await blocking(repair_requests, state, report, services, context),
         "messages": conversation.messages,
         "invocations": recorder.invocations,
         "report": report,

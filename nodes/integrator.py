@@ -72,7 +72,7 @@ def describe_ending(state: EpisodeState) -> tuple[str, bool]:
     return ending, report["kind"] == "done"
 
 
-def write_answer(
+async def write_answer(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Ask the Integrator for the final answer.
@@ -115,7 +115,7 @@ def write_answer(
     )
     usage = TokenUsage()
     try:
-        written = ask_text(ROLE, services, context, messages, usage)
+        written = await ask_text(ROLE, services, context, messages, usage)
     except ModelEndpointError as exc:
         emit("answered", "no answer: the model endpoint failed", status="failed")
         return {

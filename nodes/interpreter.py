@@ -15,6 +15,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.graphs.state import EpisodeState
 from insitu.nodes.common import settings
@@ -62,12 +63,11 @@ def interpreter_record(services: Services, context: InsituContext) -> ToolRecord
         return record
 
 
-def bind_interpreter(
+async def bind_interpreter(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
-    """Give the Executor the interpreter, and only it."""
-    context = settings(runtime)
-    record = interpreter_record(services, context)
+    """Give the Executor the interpreter, and only it (admitted on first use, in the sandbox)."""
+    record = await blocking(interpreter_record, services, settings(runtime))
     return {
         "local_tools": {TOOL_NAME: record.model_dump(mode="json")},
         "bound_tools": [TOOL_NAME],
@@ -76,7 +76,7 @@ def bind_interpreter(
     }
 
 
-def summarize_interpreter_run(state: EpisodeState) -> dict[str, Any]:
+async def summarize_interpreter_run(state: EpisodeState) -> dict[str, Any]:
     """The baseline's counters, in the episode's output format (it creates no tools)."""
     metrics, used = episode_metrics(state)
     metrics["tools_created"] = 0

@@ -28,6 +28,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeState, Invocation
@@ -206,6 +207,18 @@ def _calls_text(name: str, item: dict[str, Any], note: str | None) -> str:
     return "\n".join(lines)
 
 
+def _calls_sections(wanted: dict[str, dict[str, Any]], store: Any) -> list[str]:
+    """The prompt's section of each tool: its calls and its current note."""
+    sections = []
+    for name, item in wanted.items():
+        try:
+            note = store.usage_notes(name)
+        except StoreError:
+            note = None
+        sections.append(_calls_text(name, item, note.notes if note else None))
+    return sections
+
+
 def validate_notes(reply: UsageNotesReply, names: set[str]) -> dict[str, str]:
     """The notes of a reply, by tool.
 
@@ -221,7 +234,7 @@ def validate_notes(reply: UsageNotesReply, names: set[str]) -> dict[str, str]:
     return {n.tool: " ".join(n.notes.split()) for n in reply.notes if n.notes.strip()}
 
 
-def distill_usage_notes(
+async def distill_usage_notes(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Reflection node: distill how to call the episode's tools from their calls.
@@ -239,17 +252,10 @@ def distill_usage_notes(
     context = settings(runtime)
     if not learns(context) or context.usage_notes_max_chars <= 0 or state.get("failure"):
         return {}
-    wanted = tools_to_learn(state, services, context)
+    wanted = await blocking(tools_to_learn, state, services, context)
     if not wanted:
         return {}
-    store = services.store(context)
-    sections = []
-    for name, item in wanted.items():
-        try:
-            note = store.usage_notes(name)
-        except StoreError:
-            note = None
-        sections.append(_calls_text(name, item, note.notes if note else None))
+    sections = await blocking(_calls_sections, wanted, services.store(context))
     messages = prompt_messages(
         "usage_notes",
         max_chars=context.usage_notes_max_chars,
@@ -257,7 +263,7 @@ def distill_usage_notes(
     )
     usage = TokenUsage()
     try:
-        asked = ask_role(
+        asked = await ask_role(
             ROLE,
             services,
             context,
@@ -362,7 +368,7 @@ def _candidates(
     }
 
 
-def harvest_cases(
+async def harvest_cases(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Reflection node: keep the episode's reproducible successful calls as regression cases.
@@ -370,12 +376,17 @@ def harvest_cases(
     Each candidate (see the module docstring) is run once more on the version
     the episode commits, in an emptied directory with only its fixture files;
     the cases that pass are kept (at most ``harvested_cases_per_tool`` per
-    tool in the library). No model is asked.
+    tool in the library). No model is asked; the runs use insitu's blocking threads.
 
     Returns:
         Update: ``harvested_cases`` (``HarvestedCase`` dicts).
     """
-    context = settings(runtime)
+    return await blocking(_harvest_cases, state, settings(runtime), services)
+
+
+def _harvest_cases(
+    state: EpisodeState, context: InsituContext, services: Services
+) -> dict[str, Any]:
     failure = state.get("failure") or {}
     if (
         not learns(context)

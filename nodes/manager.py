@@ -20,6 +20,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import Candidate, EpisodeState, ToolRequest
@@ -377,7 +378,7 @@ def manager_messages(
     )
 
 
-def plan_task(
+async def plan_task(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Retrieve candidates, then ask the Manager what to bind and what to build.
@@ -391,9 +392,9 @@ def plan_task(
     pause_point("plan_task", state, context)
     rounds = state.get("rounds", 0) + 1
     store = services.store(context)
-    experiences = recall_experiences(state, services, context)
-    candidates = retrieve_candidates(state, services, context)
-    candidates += recalled_candidates(experiences, candidates, store)
+    experiences = await blocking(recall_experiences, state, services, context)
+    candidates = await blocking(retrieve_candidates, state, services, context)
+    candidates += await blocking(recalled_candidates, experiences, candidates, store)
     emit("retrieved", f"retrieved {len(candidates)} candidate tools", count=len(candidates))
     if experiences:
         emit(
@@ -415,7 +416,7 @@ def plan_task(
             **update,
         }
 
-    reused = reusable_plan(state, experiences, store, context)
+    reused = await blocking(reusable_plan, state, experiences, store, context)
     if reused is not None:
         bound = [ref.name for ref in reused.tools if ref.called]
         emit(
@@ -434,13 +435,18 @@ def plan_task(
             **deadline_update(state),
         )
     try:
-        asked = ask_role(
+        asked = await ask_role(
             ROLE,
             services,
             context,
             messages,
-            lambda text: validate_decision(
-                parse_reply(text, ManagerDecision), candidates, context, store.has
+            # The check reads the store (names already taken): off the event loop.
+            lambda text: blocking(
+                validate_decision,
+                parse_reply(text, ManagerDecision),
+                candidates,
+                context,
+                store.has,
             ),
             usage,
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from insitu.aio import blocking
 from insitu.context import CommitMode, InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeMetrics, EpisodeState
@@ -69,7 +70,7 @@ def calls_commit_id(prefix: str, calls: Sequence[dict[str, Any]]) -> str:
     return f"{prefix}:calls:{calls_digest([CallRecord(**c) for c in calls])[:16]}"
 
 
-def update_tool_stats(
+async def update_tool_stats(
     state: EpisodeState,
     runtime: Runtime[InsituContext],
     *,
@@ -85,8 +86,10 @@ def update_tool_stats(
     context = settings(runtime)
     calls = [] if context.freeze_library else library_calls(state)
     if calls and (commit_mode or context.commit_mode) == "store":
-        services.store(context).record_calls(
-            calls, commit_id=calls_commit_id(f"episode:{state['task_id']}", calls)
+        await blocking(
+            services.store(context).record_calls,
+            calls,
+            commit_id=calls_commit_id(f"episode:{state['task_id']}", calls),
         )
     return {"library_calls": calls}
 
@@ -109,7 +112,7 @@ def failing_library_tools(state: EpisodeState) -> dict[str, dict[str, Any]]:
     return failing
 
 
-def repair_failed_tools(
+async def repair_failed_tools(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Try to repair library tools that failed in this episode (not locked ones).
@@ -126,7 +129,7 @@ def repair_failed_tools(
     workdir = Path(state["workdir"])
     for name, failing_call in list(failing_library_tools(state).items())[:MAX_REFLECTION_REPAIRS]:
         try:
-            base = store.get(name)
+            base = await blocking(store.get, name)
         except ToolNotFoundError:
             continue
         if base.locked:
@@ -134,7 +137,7 @@ def repair_failed_tools(
             continue
         repair_usage = TokenUsage()  # this repair's own cost, kept with its version
         try:
-            spec = repair_tool(
+            spec = await repair_tool(
                 base,
                 failing_call,
                 call=model_caller(ROLE, services, context, repair_usage),
@@ -142,7 +145,7 @@ def repair_failed_tools(
                 scratch_dir=scratch_dir_for(workdir),
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
-                harvested=harvested_for(name, services, context),
+                harvested=await blocking(harvested_for, name, services, context),
             )
         except BuildError as exc:
             emit("repair_failed", f"could not repair {name}: {exc.reason[:160]}", tool=name)
@@ -188,7 +191,7 @@ def commit_id_for(task_id: str, changes: ChangeSet) -> str:
     return f"episode:{task_id}:{changes.digest()[:16]}"
 
 
-def commit_tools(
+async def commit_tools(
     state: EpisodeState,
     runtime: Runtime[InsituContext],
     *,
@@ -201,9 +204,20 @@ def commit_tools(
     never adds a tool or an experience twice, and a crash leaves neither. A
     commit the store refuses (a repaired tool that changed or was locked
     meanwhile) is reported and loses nothing stored; what the episode learned
-    is then committed on its own.
+    is then committed on its own. The store's work runs on insitu's blocking threads.
     """
-    context = settings(runtime)
+    return await blocking(
+        _commit_tools, state, settings(runtime), services=services, commit_mode=commit_mode
+    )
+
+
+def _commit_tools(
+    state: EpisodeState,
+    context: InsituContext,
+    *,
+    services: Services,
+    commit_mode: CommitMode | None,
+) -> dict[str, Any]:
     local = state.get("local_tools") or {}
     repaired = state.get("repaired_tools") or {}
     new_tools = [{"change": "new", **r} for r in local.values()] + [
@@ -281,7 +295,7 @@ def reused_plan_succeeded(state: EpisodeState) -> bool:
     )
 
 
-def summarize_episode(
+async def summarize_episode(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Compute the evolution counters, ask for a short reflection note, record the experience.
@@ -316,7 +330,7 @@ def summarize_episode(
         note = f"(no reflection: the plan of experience {state['plan_reused']} worked again)"
     else:
         try:
-            note = ask_text(
+            note = await ask_text(
                 ROLE,
                 services,
                 context,

@@ -32,6 +32,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, ValidationError
 
+from insitu.aio import blocking
 from insitu.context import CommitMode, InsituContext
 from insitu.events import emit
 from insitu.graphs.state import EpisodeState
@@ -238,7 +239,7 @@ def apply_decisions(
 # ------------------------------------------------------------------ the episode
 
 
-def review_episode_tools(
+async def review_episode_tools(
     state: EpisodeState,
     runtime: Runtime[InsituContext],
     *,
@@ -249,12 +250,24 @@ def review_episode_tools(
 
     Does nothing unless ``tool_approval`` asks for it and the episode commits
     its own tools (in a batch the batch graph reviews them after absorbing).
+    The store reads and an edit's admission run on insitu's blocking threads.
 
     Returns:
         Update: rejected tools dropped from ``local_tools`` / ``repaired_tools``
         (mapped to ``None``), edited ones replaced, and ``rejected_tools``.
     """
-    context = settings(runtime)
+    return await blocking(
+        _review_episode_tools, state, settings(runtime), services=services, commit_mode=commit_mode
+    )
+
+
+def _review_episode_tools(
+    state: EpisodeState,
+    context: InsituContext,
+    *,
+    services: Services,
+    commit_mode: CommitMode | None,
+) -> dict[str, Any]:
     if (
         context.tool_approval == "none"
         or (commit_mode or context.commit_mode) != "store"
@@ -309,7 +322,7 @@ def _library_version(services: Services, context: InsituContext, name: str) -> T
 # ------------------------------------------------------------------ the batch
 
 
-def review_batch_tools(
+async def review_batch_tools(
     state: dict[str, Any], runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Batch node: pause for a reviewer between absorbing and the batch's commit.
@@ -317,11 +330,17 @@ def review_batch_tools(
     Each addition, repair and merge of the batch's change set is one item. A
     rejected merge keeps its members apart: the merge and its archives are
     dropped, and the batch's own tools it had absorbed are added as they were.
+    The store reads and an edit's admission run on insitu's blocking threads.
 
     Returns:
         Update: the reviewed ``changes`` and ``rejected_tools``.
     """
-    context = settings(runtime)
+    return await blocking(_review_batch_tools, state, settings(runtime), services=services)
+
+
+def _review_batch_tools(
+    state: dict[str, Any], context: InsituContext, *, services: Services
+) -> dict[str, Any]:
     changes = ChangeSet.model_validate(state.get("changes") or {})
     if context.tool_approval == "none" or not len(changes):
         return {}

@@ -10,10 +10,9 @@ call that failed, and reproduce the calls harvested from the tool's real use.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.events import emit
 from insitu.graphs.state import BuildFailure, EpisodeState, ToolRequest
@@ -98,11 +98,11 @@ def parse_tool_reply(text: str) -> tuple[str, list[dict[str, Any]]]:
     return python[-1], cases
 
 
-def develop_tool(
+async def develop_tool(
     prompt: list[BaseMessage],
     *,
     name: str,
-    call: Callable[[Sequence[BaseMessage]], AIMessage],
+    call: Callable[[Sequence[BaseMessage]], Awaitable[AIMessage]],
     sandbox: Sandbox,
     scratch_dir: Path,
     max_attempts: int,
@@ -122,9 +122,9 @@ def develop_tool(
     Args:
         prompt: The request (system and user message, from a prompt file).
         name: The name the tool must have.
-        call: Asks the model that writes the code (``messages -> reply``, see
-            :func:`insitu.nodes.common.model_caller`; it counts the tokens).
-        sandbox: Runs the checks.
+        call: Asks the model that writes the code (``messages -> awaitable reply``,
+            see :func:`insitu.nodes.common.model_caller`; it counts the tokens).
+        sandbox: Runs the checks (on insitu's blocking threads).
         scratch_dir: Where temporary test directories are made.
         max_attempts: Model calls allowed.
         kept_tests: Tests that must pass and are kept.
@@ -143,7 +143,7 @@ def develop_tool(
     reason = "no attempt was made"
     for attempt in range(1, max_attempts + 1):
         emit("building", f"building tool {name} (attempt {attempt})", tool=name, attempt=attempt)
-        reply = call(messages)
+        reply = await call(messages)
         text = clean_reply_text(message_text(reply))
         try:
             unreadable = unreadable_reason(reply)
@@ -156,7 +156,8 @@ def develop_tool(
                 )
             source, cases = parse_tool_reply(text)
             cases = _with_kept_tests(cases, kept_tests or [])
-            spec = admit_tool(
+            spec = await blocking(
+                admit_tool,
                 source,
                 cases,
                 sandbox=sandbox,
@@ -224,11 +225,11 @@ def failing_call_check(failing_call: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def repair_tool(
+async def repair_tool(
     record: ToolRecord,
     failing_call: dict[str, Any],
     *,
-    call: Callable[[Sequence[BaseMessage]], AIMessage],
+    call: Callable[[Sequence[BaseMessage]], Awaitable[AIMessage]],
     sandbox: Sandbox,
     scratch_dir: Path,
     workdir: Path,
@@ -245,7 +246,7 @@ def repair_tool(
         BuildError: The repair did not pass within ``max_attempts``.
         ModelEndpointError: The model endpoint failed.
     """
-    return develop_tool(
+    return await develop_tool(
         repair_prompt(record, failing_call),
         name=record.name,
         call=call,
@@ -336,7 +337,7 @@ class BuildResult:
     is_library_repair: bool = False
 
 
-def _build_one(
+async def _build_one(
     request: ToolRequest,
     state: EpisodeState,
     services: Services,
@@ -350,8 +351,13 @@ def _build_one(
     task_id = state["task_id"]
     try:
         if "repair_of" in request:
-            base, is_local = resolve_record(state, request["name"], services, context)
-            spec = repair_tool(
+            base, is_local = await blocking(
+                resolve_record, state, request["name"], services, context
+            )
+            harvested = (
+                [] if is_local else await blocking(harvested_for, base.name, services, context)
+            )
+            spec = await repair_tool(
                 base,
                 request.get("failing_call", {}),
                 call=call,
@@ -359,7 +365,7 @@ def _build_one(
                 scratch_dir=scratch,
                 workdir=workdir,
                 max_attempts=context.max_build_attempts,
-                harvested=[] if is_local else harvested_for(base.name, services, context),
+                harvested=harvested,
             )
             record = local_record(
                 spec,
@@ -369,7 +375,7 @@ def _build_one(
                 cost=build_cost(ROLE, usage, services, context),
             )
             return BuildResult(request, usage, record=record, is_library_repair=not is_local)
-        spec = develop_tool(
+        spec = await develop_tool(
             new_tool_prompt(request, state["task"]),
             name=request["name"],
             call=call,
@@ -390,7 +396,7 @@ def _build_one(
         return BuildResult(request, usage, endpoint_error=exc)
 
 
-def build_tools(
+async def build_tools(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Build every pending request (in parallel) and bind what was admitted.
@@ -402,14 +408,7 @@ def build_tools(
     context = settings(runtime)
     pause_point("build_tools", state, context)
     requests = list(state.get("requests") or [])
-    with ThreadPoolExecutor(max_workers=max(1, min(4, len(requests)))) as pool:
-        # Each build runs in a copy of this node's context so that its progress
-        # events and model callbacks still reach the graph's stream.
-        futures = [
-            pool.submit(copy_context().run, _build_one, r, state, services, context)
-            for r in requests
-        ]
-        results = [f.result() for f in futures]
+    results = await asyncio.gather(*(_build_one(r, state, services, context) for r in requests))
     local: dict[str, dict[str, Any]] = {}
     repaired: dict[str, dict[str, Any]] = {}
     failures: list[BuildFailure] = []

@@ -12,6 +12,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from insitu.aio import blocking
 from insitu.context import InsituContext
 from insitu.graphs.state import EpisodeState
 from insitu.nodes.common import settings
@@ -96,16 +97,26 @@ def copy_task_files(sources: list[Path], workdir: Path) -> None:
         os.close(directory)
 
 
-def prepare_workspace(
+async def prepare_workspace(
     state: EpisodeState, runtime: Runtime[InsituContext], *, services: Services
 ) -> dict[str, Any]:
     """Check the task and copy its files into a fresh per-episode working directory.
 
+    The copying and the sandbox's start run on insitu's blocking threads.
+
     Raises:
         InvalidTaskError: Bad task, or a file that does not exist.
     """
-    context = settings(runtime)
+    return await blocking(_prepare_workspace, state, settings(runtime), services)
+
+
+def _prepare_workspace(
+    state: EpisodeState, context: InsituContext, services: Services
+) -> dict[str, Any]:
     task, task_id = check_task(state)
+    # The library opens before anything is written into its directory: opening checks
+    # that a store with workspaces still has its records (parallel episodes race here).
+    services.store(context)
     workdir = Path(context.store_dir).resolve() / "workspaces" / task_id.replace(":", "_")
     sources = []
     for item in state.get("files") or []:

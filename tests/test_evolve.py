@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
+from insitu import aio
 from insitu.evals.tasks import Task
 from insitu.evolve import evolve, read_jsonl
 from insitu.graphs.evolve import create_evolve_graph
@@ -309,7 +310,9 @@ def test_library_calls_are_counted_once_by_the_batch_commit(store, sandbox, tmp_
     from insitu.services import Services
 
     runtime = type("R", (), {"context": context})()
-    again = commit_batch({**out, "changes": {}}, runtime, services=Services(tool_store=store))
+    again = aio.run(
+        commit_batch({**out, "changes": {}}, runtime, services=Services(tool_store=store))
+    )
     assert again["commit"]["calls_recorded"] == 0
     assert store.get("summarize_numbers").stats.calls == 2
 

@@ -343,28 +343,28 @@ def test_a_comparison_stops_on_an_outage_and_grades_each_task_once(sandbox, tmp_
 #: saves checkpoints and writes in background threads: the step's save is held back so
 #: that the process dies in the same state whichever of them comes first.)
 KILLED_AFTER_INPUT_CHECKPOINT = """
-import json, os, sys, time
-from langgraph.checkpoint.sqlite import SqliteSaver
+import asyncio, json, os, sys, time
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from insitu.evals.tasks import Task
 from insitu.evolve import evolve
 from insitu.testing.team import ScriptedTeam
 
-put, put_writes = SqliteSaver.put, SqliteSaver.put_writes
+put, put_writes = AsyncSqliteSaver.aput, AsyncSqliteSaver.aput_writes
 
-def put_or_hold(self, config, checkpoint, metadata, new_versions):
+async def put_or_hold(self, config, checkpoint, metadata, new_versions):
     if metadata.get("step", -1) >= 0:
-        time.sleep(60)
-    return put(self, config, checkpoint, metadata, new_versions)
+        await asyncio.sleep(60)
+    return await put(self, config, checkpoint, metadata, new_versions)
 
-def put_writes_then_die(self, config, writes, task_id, task_path=""):
-    put_writes(self, config, writes, task_id, task_path)
+async def put_writes_then_die(self, config, writes, task_id, task_path=""):
+    await put_writes(self, config, writes, task_id, task_path)
     if any(channel == "tasks" for channel, _ in writes):
         deadline = time.monotonic() + 30
-        while self.get_tuple(config) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while await self.aget_tuple(config) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         os._exit(17)
 
-SqliteSaver.put, SqliteSaver.put_writes = put_or_hold, put_writes_then_die
+AsyncSqliteSaver.aput, AsyncSqliteSaver.aput_writes = put_or_hold, put_writes_then_die
 tasks = [Task(**t) for t in json.loads(sys.argv[1])]
 evolve(tasks, run_dir=sys.argv[2], batch_size=2, models=ScriptedTeam().model(),
        context={"store_dir": sys.argv[3], "embedding": "hashing"})

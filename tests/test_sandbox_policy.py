@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner, Result
 from langchain_core.messages import BaseMessage
 
-from insitu import services
+from insitu import aio, services
 from insitu.cli import main
 from insitu.cli.common import EXIT_CONFIG, EXIT_INCOMPLETE, sandbox_line
 from insitu.context import InsituContext
@@ -289,10 +289,13 @@ def test_task_files_replace_a_planted_link_instead_of_writing_through_it(
             pass
 
     runtime = types.SimpleNamespace(context=InsituContext(store_dir=str(store_dir)))
-    update = prepare_workspace(
-        {"task": "sum the table", "task_id": "task-1", "files": [str(given)]},
-        runtime,
-        services=Services(sandbox=NoSandbox()),  # type: ignore[arg-type]
+    update = aio.run(
+        prepare_workspace(
+            {"task": "sum the table", "task_id": "task-1", "files": [str(given)]},
+            runtime,
+            # The library is a stand-in: the workspace is prepared after it opens.
+            services=Services(sandbox=NoSandbox(), tool_store=types.SimpleNamespace()),  # type: ignore[arg-type]
+        )
     )
     assert update["files"] == ["data.csv"]
     assert victim.read_text() == "original"

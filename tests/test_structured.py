@@ -7,6 +7,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel
 
+from insitu import aio
 from insitu.structured import (
     StructuredOutputError,
     ask_structured,
@@ -66,11 +67,13 @@ def test_code_blocks_include_unterminated_last_block() -> None:
 def test_reasks_with_the_error_then_succeeds() -> None:
     model = FakeListChatModel(responses=["no idea", '{"bind": [], "guidance": "ok"}'])
     retries: list[str] = []
-    asked = ask_structured(
-        model.invoke,
-        [HumanMessage("plan")],
-        lambda text: parse_reply(text, Plan),
-        on_retry=lambda attempt, reason: retries.append(reason),
+    asked = aio.run(
+        ask_structured(
+            model.ainvoke,
+            [HumanMessage("plan")],
+            lambda text: parse_reply(text, Plan),
+            on_retry=lambda attempt, reason: retries.append(reason),
+        )
     )
     assert asked.value.guidance == "ok"
     assert asked.attempts == 2
@@ -80,6 +83,8 @@ def test_reasks_with_the_error_then_succeeds() -> None:
 def test_gives_up_after_max_attempts() -> None:
     model = FakeListChatModel(responses=["nope", "still nope", "never"])
     with pytest.raises(StructuredOutputError, match="after 2 attempts"):
-        ask_structured(
-            model.invoke, [HumanMessage("x")], lambda t: parse_reply(t, Plan), max_attempts=2
+        aio.run(
+            ask_structured(
+                model.ainvoke, [HumanMessage("x")], lambda t: parse_reply(t, Plan), max_attempts=2
+            )
         )

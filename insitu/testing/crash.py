@@ -11,14 +11,16 @@ the moment batch 2's input checkpoint is written, before anything ran).
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
-#: The checkpointer methods that write (LangGraph's sync loop calls these).
-WRITE_METHODS = ("put", "put_writes")
+#: The checkpointer methods that write (LangGraph's sync loop calls the first two, its
+#: async loop the others).
+WRITE_METHODS = ("put", "put_writes", "aput", "aput_writes")
 
 
 def parse_kill_point(value: str) -> tuple[str | None, int]:
@@ -45,16 +47,28 @@ def kill_after_checkpoint_writes(saver: Any, point: str) -> Any:
     count = 0
     lock = threading.Lock()
 
+    def written(config: Any) -> None:
+        nonlocal count
+        thread = str(config.get("configurable", {}).get("thread_id", ""))
+        if thread_suffix is None or thread.endswith(":" + thread_suffix):
+            with lock:
+                count += 1
+                if count == writes:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
     def counted(write: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(write):
+
+            async def awrite_then_maybe_die(config: Any, *args: Any, **kwargs: Any) -> Any:
+                result = await write(config, *args, **kwargs)
+                written(config)
+                return result
+
+            return awrite_then_maybe_die
+
         def write_then_maybe_die(config: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal count
             result = write(config, *args, **kwargs)
-            thread = str(config.get("configurable", {}).get("thread_id", ""))
-            if thread_suffix is None or thread.endswith(":" + thread_suffix):
-                with lock:
-                    count += 1
-                    if count == writes:
-                        os.kill(os.getpid(), signal.SIGKILL)
+            written(config)
             return result
 
         return write_then_maybe_die

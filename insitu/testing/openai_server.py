@@ -243,6 +243,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         owner = self.server.owner
         owner._record(body, {key.lower(): value for key, value in self.headers.items()})
+        owner._count_in_flight(+1)
+        try:
+            self._answer(owner, body)
+        finally:
+            owner._count_in_flight(-1)
+
+    def _answer(self, owner: ScriptedOpenAIServer, body: dict[str, Any]) -> None:
+        """Reply to one recorded chat completion request, as its script says."""
         try:
             normalized = self._scripted_reply(owner, body)
         except Drop:
@@ -499,6 +507,8 @@ class ScriptedOpenAIServer(LoopbackService):
         self._request_headers: list[dict[str, str]] = []
         self._errors: list[BaseException] = []
         self._abandoned = 0
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ records
@@ -511,6 +521,11 @@ class ScriptedOpenAIServer(LoopbackService):
     def _record_error(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
+
+    def _count_in_flight(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     def _record_abandoned(self) -> None:
         with self._lock:
@@ -558,6 +573,12 @@ class ScriptedOpenAIServer(LoopbackService):
         """Responder/script exceptions so far (each was answered with HTTP 500)."""
         with self._lock:
             return list(self._errors)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most chat completion requests that were being answered at the same time."""
+        with self._lock:
+            return self._peak_in_flight
 
     @property
     def abandoned(self) -> int:

@@ -697,10 +697,16 @@ class ScriptedChatModel(BaseChatModel):
     async def _anext_message(
         self, messages: list[BaseMessage], kwargs: dict[str, Any]
     ) -> AIMessage:
-        """As :meth:`_next_message`, waiting with ``asyncio.sleep``."""
+        """As :meth:`_next_message`, waiting with ``asyncio.sleep`` (so a cancel ends the wait).
+
+        The script runs on insitu's blocking threads: a responder may block
+        (sleep, wait for an event) without stopping the other coroutines.
+        """
+        from insitu.aio import blocking
+
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        delay, raw = self._next_reply(messages, kwargs)
+        delay, raw = await blocking(self._next_reply, messages, kwargs)
         if delay:
             await asyncio.sleep(delay)
         return self._to_message(normalize_reply(raw), messages)
