@@ -428,6 +428,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "tokens_ratio": ratio_of(rows),
         "tokens_ratio_first_built": ratio_of([r for r in rows if r["first_built"]]),
         "tokens_ratio_first_reused": ratio_of([r for r in rows if not r["first_built"]]),
+        "tokens_ratio_originals": ratio_of([r for r in rows if r["kind"] == "original"]),
+        "tokens_ratio_paraphrases": ratio_of([r for r in rows if r["kind"] == "paraphrase"]),
         "tokens_by_role": {
             role: {
                 "first": sum(r["first_tokens_by_role"].get(role, 0) for r in rows),
@@ -646,7 +648,9 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
             "tokens ratio",
             "-" if report["tokens_ratio"] is None else f"{report['tokens_ratio']:.2f}",
             f"replay {report['replay_tokens']:,} / first solve {report['first_tokens']:,} tokens "
-            f"(first solve built a tool: {_fmt_ratio(report['tokens_ratio_first_built'])}; "
+            f"(the run's tasks: {_fmt_ratio(report['tokens_ratio_originals'])}, "
+            f"paraphrases: {_fmt_ratio(report['tokens_ratio_paraphrases'])}; "
+            f"first solve built a tool: {_fmt_ratio(report['tokens_ratio_first_built'])}, "
             f"reused one: {_fmt_ratio(report['tokens_ratio_first_reused'])})",
         ],
         [
