@@ -293,7 +293,7 @@ def opened_store(
     records, ...) exits 3 with its one-line message, before anything is created.
 
     Args:
-        settings: The command's settings (``store_dir``, ``chroma_url``).
+        settings: The command's settings (``store_dir``, ``chroma_url``, ``records_url``).
         read_only: Open without the writer lock; never writes.
         embedding: Switch the library to this embedding (``tools reindex``).
         **open_options: Passed to :meth:`ToolStore.open` (``recreate_records``,
@@ -304,7 +304,7 @@ def opened_store(
     from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(settings.store_dir)
-    if read_only and not (path / "tools.db").is_file():
+    if read_only and not settings.records_url and not (path / "tools.db").is_file():
         try:  # a file, or a library whose records are gone, is not "nothing stored yet"
             check_location(path)
             check_records_present(path)
@@ -320,6 +320,7 @@ def opened_store(
             path,
             embedding=embedding,
             chroma_url=settings.chroma_url,
+            records_url=settings.records_url,
             read_only=read_only,
             **open_options,
         )
