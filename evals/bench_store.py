@@ -23,10 +23,18 @@ embeds larger sizes with the hashing embedding instead: same 384 dimensions,
 so the index does the same work, but add and search times then exclude
 MiniLM's embedding time; each row of the output names its embedding.
 
+``--backends embedded,postgres`` measures each size on each backend in the same
+run: ``embedded`` is the default store (SQLite records, embedded Chroma);
+``postgres`` puts the records in PostgreSQL and the index on a Chroma server
+(``records_url`` + ``chroma_url``), both started on loopback for the run by
+:mod:`insitu.testing.services` (each size gets a fresh database). Every row
+records the 1-minute load average at its start and end.
+
 Usage::
 
     python -m insitu.evals.bench_store [--sizes 1000,10000,100000]
-        [--embedding minilm|hashing] [--minilm-up-to N] [--queries 200] [--json PATH]
+        [--embedding minilm|hashing] [--minilm-up-to N] [--queries 200]
+        [--backends embedded,postgres] [--json PATH]
 
 With MiniLM, 100k tools take about half an hour on 2 cores (embedding 100k
 tools dominates); ``--minilm-up-to 10000`` brings that down to a few minutes.
@@ -35,6 +43,8 @@ tools dominates); ``--minilm-up-to 10000`` brings that down to a few minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import platform
@@ -43,7 +53,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +65,9 @@ TARGET_HYBRID_P50_MS = 20.0
 #: By default MiniLM embeds up to this many tools; larger sizes use the hashing
 #: embedding (``--minilm-up-to 0`` for MiniLM everywhere).
 MINILM_UP_TO = 0
+#: Where a benchmarked library lives: the embedded default, or PostgreSQL records and a
+#: Chroma server (both on loopback, started for the run).
+BACKENDS = ("embedded", "postgres")
 
 
 def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
@@ -129,15 +142,52 @@ def _percentiles(times_ms: Sequence[float]) -> tuple[float, float]:
     )
 
 
+@contextlib.contextmanager
+def backend_options(backend: str, workdir: Path | None = None) -> Iterator[Callable[[], dict]]:
+    """Yield a function giving the ``ToolStore.open`` options of a fresh library on ``backend``.
+
+    ``postgres`` starts a PostgreSQL server and a Chroma server on loopback for the
+    block; each call creates a new database (one library per database).
+    """
+    if backend == "embedded":
+        yield dict
+        return
+    if backend != "postgres":
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    from insitu.testing.services import ChromaServer, PostgresServer
+
+    numbers = itertools.count()
+    chroma_dir = Path(tempfile.mkdtemp(prefix="bench-chroma-", dir=workdir))
+    try:
+        with PostgresServer.start() as postgres, ChromaServer.start(chroma_dir) as chroma:
+            yield lambda: {
+                "records_url": postgres.create_database(f"bench_{next(numbers)}"),
+                "chroma_url": chroma.url,
+            }
+    finally:
+        shutil.rmtree(chroma_dir, ignore_errors=True)
+
+
 def bench_size(
     size: int,
     *,
     embedding: str = "minilm",
     queries: int = 200,
     workdir: Path | None = None,
+    open_options: dict[str, Any] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Fill a fresh store with ``size`` tools and measure it (see the module doc)."""
+    """Fill a fresh store with ``size`` tools and measure it (see the module doc).
+
+    Args:
+        size: Tools in the library.
+        embedding: ``"minilm"`` or ``"hashing"``.
+        queries: Search queries per mode.
+        workdir: Where the store directory is made (default: the temporary folder).
+        open_options: Extra ``ToolStore.open`` options of every open: the records'
+            and index's servers (:func:`backend_options`); none for the embedded store.
+        log: Progress messages.
+    """
     from insitu.tool_store import ToolStore
     from insitu.tool_store.embeddings import get_embedding_function
 
@@ -145,9 +195,14 @@ def bench_size(
     path = root / "lib"
     specs = synthetic_tools(size)
     texts = synthetic_queries(queries)
-    result: dict[str, Any] = {"tools": size, "embedding": embedding}
+    options = open_options or {}
+    result: dict[str, Any] = {
+        "tools": size,
+        "embedding": embedding,
+        "backend": "postgres" if "records_url" in options else "embedded",
+    }
     try:
-        store = ToolStore.open(path, embedding=embedding)
+        store = ToolStore.open(path, embedding=embedding, **options)
         single = specs[: min(50, size)]
         batched = specs[len(single) :]
         times = []
@@ -193,7 +248,7 @@ def bench_size(
         result["query_embed_p50_ms"] = _percentiles(times)[0]
         store.close()
         started = time.perf_counter()
-        store = ToolStore.open(path)
+        store = ToolStore.open(path, **options)
         result["reopen_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         store.search(texts[0], k=5)
@@ -202,7 +257,7 @@ def bench_size(
         store.list()
         result["list_s"] = round(time.perf_counter() - started, 2)
         store.close()
-        with ToolStore.open(path, read_only=True) as reader:
+        with ToolStore.open(path, read_only=True, **options) as reader:
             started = time.perf_counter()
             reader.search(texts[0], k=5)
             result["read_only_first_search_s"] = round(time.perf_counter() - started, 2)
@@ -212,9 +267,10 @@ def bench_size(
                 reader.search(query, k=5)
                 times.append((time.perf_counter() - started) * 1000)
             result["read_only_hybrid_p50_ms"] = _percentiles(times)[0]
-        result["store_mb"] = round(
-            sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6, 1
-        )
+        if not options:  # the servers' files hold other libraries too
+            result["store_mb"] = round(
+                sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6, 1
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return result
@@ -240,9 +296,10 @@ def run_store_benchmark(
     embedding: str = "minilm",
     minilm_up_to: int | None = None,
     queries: int = 200,
+    backends: Sequence[str] = ("embedded",),
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Run :func:`bench_size` for each size.
+    """Run :func:`bench_size` for each size on each backend.
 
     Args:
         sizes: Library sizes.
@@ -251,19 +308,26 @@ def run_store_benchmark(
             instead (same 384 dimensions, so the index does the same work; only
             the embedding time differs, which ``query_embed_p50_ms`` reports).
         queries: Search queries per mode.
+        backends: Names of :data:`BACKENDS`; each size runs on each, in this order.
         log: Progress messages.
 
     Returns:
-        ``{"sizes": [result, ...]}``; each result names its ``embedding``.
+        ``{"sizes": [result, ...]}``; each result names its ``embedding`` and ``backend``.
     """
     out = []
-    for size in sizes:
-        load = os.getloadavg()[0]
-        used = embedding_for(size, embedding, minilm_up_to)
-        log(f"benchmarking {size} tools ({used})")
-        out.append(bench_size(size, embedding=used, queries=queries, log=log))
-        out[-1]["load_avg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
-        log(json.dumps(out[-1]))
+    with contextlib.ExitStack() as stack:
+        fresh = {b: stack.enter_context(backend_options(b)) for b in backends}
+        for size in sizes:
+            for backend in backends:
+                load = os.getloadavg()[0]
+                used = embedding_for(size, embedding, minilm_up_to)
+                log(f"benchmarking {size} tools ({used}, {backend})")
+                options = fresh[backend]()
+                out.append(
+                    bench_size(size, embedding=used, queries=queries, open_options=options, log=log)
+                )
+                out[-1]["load_avg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+                log(json.dumps(out[-1]))
     return {"sizes": out, "machine": _machine()}
 
 
@@ -279,6 +343,7 @@ def format_report(report: dict[str, Any]) -> str:
     """Render the benchmark as a plain-text table."""
     columns = [
         ("tools", "tools", "{:>7}"),
+        ("backend", "backend", "{:>8}"),
         ("embedding", "embedding", "{:>9}"),
         ("add/s", "add_per_s", "{:>7}"),
         ("1 add ms", "single_add_p50_ms", "{:>8}"),
@@ -298,7 +363,8 @@ def format_report(report: dict[str, Any]) -> str:
     header = " ".join(f"{title:>{max(len(title), 7)}}" for title, _, _ in columns)
     machine = report.get("machine", {})
     loads = ", ".join(
-        f"{r['tools']}: {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]}"
+        f"{r['tools']} {r.get('backend', 'embedded')}: "
+        f"{r['load_avg_1min'][0]}-{r['load_avg_1min'][1]}"
         for r in report["sizes"]
         if "load_avg_1min" in r
     )
@@ -329,7 +395,8 @@ def format_report(report: dict[str, Any]) -> str:
         met = "met" if row["hybrid_p50_ms"] <= TARGET_HYBRID_P50_MS else "NOT met"
         lines.append(
             f"target: hybrid search p50 <= {TARGET_HYBRID_P50_MS:g} ms at {TARGET_SIZE} tools "
-            f"({row['embedding']}): {met} ({row['hybrid_p50_ms']} ms)"
+            f"({row['embedding']}, {row.get('backend', 'embedded')}): {met} "
+            f"({row['hybrid_p50_ms']} ms)"
         )
     return "\n".join(lines)
 
@@ -347,6 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"default {MINILM_UP_TO})",
     )
     parser.add_argument("--queries", type=int, default=200, help="search queries per mode")
+    parser.add_argument(
+        "--backends",
+        default="embedded",
+        help="comma-separated, each size on each in one run: embedded (SQLite records, "
+        "embedded Chroma) and/or postgres (PostgreSQL records, Chroma server; both started "
+        "on loopback)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -355,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         embedding=args.embedding,
         minilm_up_to=args.minilm_up_to or None,
         queries=args.queries,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()],
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     print(format_report(report))

@@ -169,6 +169,14 @@ class InsituContext:
     chroma_url: str | None = _describe(
         "Chroma server URL for a shared index (server mode); local index when empty.", None
     )
+    records_url: str | None = _describe(
+        "Where the tool library's records live: empty for tools.db in the store directory; a "
+        "postgresql://user:password@host:port/database URL for a PostgreSQL database that "
+        "processes on several machines share (one library per database; needs chroma_url and "
+        "the scale extra). store_dir stays a local directory for workspaces and the tool "
+        "environment.",
+        None,
+    )
     checkpoint_url: str | None = _describe(
         "Where runs keep their LangGraph checkpoints: empty for the SQLite file "
         "checkpoints.sqlite in the store directory (insitu run) or run directory (insitu "

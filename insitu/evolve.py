@@ -719,7 +719,11 @@ def evolve(
         raise ValueError(f"task ids must be unique; repeated: {repeated[:10]}")
     batches = plan_batches(tasks, batch_size)
     run_dir = Path(run_dir)
-    check_run_can_start(run_dir, None if tool_store is not None else settings.store_dir)
+    check_run_can_start(
+        run_dir,
+        None if tool_store is not None else settings.store_dir,
+        records_url=settings.records_url,
+    )
     # The store first: one that cannot be used is refused before the run directory,
     # the sandbox's files or anything else is created.
     store = tool_store if tool_store is not None else open_store(settings)
@@ -915,13 +919,17 @@ def _thread_of(meta: Mapping[str, Any], number: int, retry: int) -> str:
     return f"{meta['run_id']}:batch-{number}" + (f":retry-{retry}" if retry else "")
 
 
-def check_run_can_start(run_dir: Path, store_dir: str | Path | None) -> None:
+def check_run_can_start(
+    run_dir: Path, store_dir: str | Path | None, *, records_url: str | None = None
+) -> None:
     """Refuse, before anything is created, a store or run directory a run cannot use.
 
     Args:
         run_dir: The run directory (its checkpoints must be readable).
         store_dir: The store directory (must be writable and hold its records, or be
             new); ``None`` when the caller brings an open store.
+        records_url: The records' PostgreSQL database, if they are not ``tools.db``
+            in the store directory (which then holds no records to lose).
 
     Raises:
         StoreError: The one-line state of :mod:`insitu.tool_store.health`
@@ -936,7 +944,8 @@ def check_run_can_start(run_dir: Path, store_dir: str | Path | None) -> None:
 
     if store_dir is not None:
         check_writable(Path(store_dir), "run tasks with the library")
-        check_records_present(Path(store_dir))
+        if not records_url:
+            check_records_present(Path(store_dir))
     check_location(run_dir)
     check_checkpoints(run_dir / CHECKPOINTS_FILE, "run")
 

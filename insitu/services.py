@@ -71,19 +71,27 @@ def open_store(context: InsituContext) -> ToolStore:
     """Return this process's store for the context's directory, opening it once.
 
     Args:
-        context: Supplies the store directory, Chroma URL and embedding.
+        context: Supplies the store directory, Chroma URL, records URL and embedding.
 
     Returns:
         The open store (shared by every graph in the process).
     """
     from insitu.tool_store import ToolStore
 
-    key = (str(Path(context.store_dir).resolve()), context.chroma_url, context.embedding)
+    key = (
+        str(Path(context.store_dir).resolve()),
+        context.chroma_url,
+        context.records_url,
+        context.embedding,
+    )
     with _lock:
         store = _stores.get(key)
         if store is None or getattr(store, "closed", False):
             store = ToolStore.open(
-                Path(context.store_dir), embedding=context.embedding, chroma_url=context.chroma_url
+                Path(context.store_dir),
+                embedding=context.embedding,
+                chroma_url=context.chroma_url,
+                records_url=context.records_url,
             )
             _stores[key] = store
         return store

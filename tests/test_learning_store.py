@@ -11,8 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from insitu.tool_store import ChangeSet, ToolStore, ToolTest
 from insitu.tool_store.learning import (
@@ -27,6 +30,13 @@ from insitu.tool_store.testing import make_spec
 MEAN = make_spec("compute_mean", "Computes the arithmetic mean of a list of numbers.")
 AVG = make_spec("average_values", "Returns the average of numbers.", body="return {'result': 1}")
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path, open_library: Callable[..., ToolStore]) -> Iterator[ToolStore]:
+    """An empty library on each record backend (``open_library``)."""
+    with open_library(tmp_path / "store", embedding="hashing") as opened:
+        yield opened
 
 
 def experience(task: str, *tools: str, status: str = "completed", **extra: object) -> Experience:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +32,9 @@ CSV = make_spec("parse_csv_rows", "Parses CSV text into rows.", inputs=("text",)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ToolStore]:
-    with ToolStore.open(tmp_path / "lib", embedding="hashing") as s:
+def store(tmp_path: Path, open_library: Callable[..., ToolStore]) -> Iterator[ToolStore]:
+    """A library on each record backend (``open_library``)."""
+    with open_library(tmp_path / "lib", embedding="hashing") as s:
         yield s
 
 
@@ -220,14 +221,16 @@ def test_calls_recorded_under_a_commit_id_count_once(store: ToolStore) -> None:
     assert store.record_calls(calls[:1], commit_id="episode:t3:calls") == 1
 
 
-def test_closed_and_read_only_stores_refuse(tmp_path: Path) -> None:
-    store = ToolStore.open(tmp_path / "lib", embedding="hashing")
+def test_closed_and_read_only_stores_refuse(
+    tmp_path: Path, open_library: Callable[..., ToolStore]
+) -> None:
+    store = open_library(tmp_path / "lib", embedding="hashing")
     store.add(MEAN)
     store.close()
     store.close()  # idempotent
     with pytest.raises(StoreClosedError):
         store.get("compute_mean")
-    with ToolStore.open(tmp_path / "lib", read_only=True) as ro:
+    with open_library(tmp_path / "lib", read_only=True) as ro:
         assert ro.get("compute_mean").version == 1
         for write in (
             lambda: ro.add(CSV),

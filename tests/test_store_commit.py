@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,9 @@ MERGED = make_spec(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ToolStore]:
-    with ToolStore.open(tmp_path / "lib", embedding="hashing") as s:
+def store(tmp_path: Path, open_library: Callable[..., ToolStore]) -> Iterator[ToolStore]:
+    """A library with two tools, on each record backend (``open_library``)."""
+    with open_library(tmp_path / "lib", embedding="hashing") as s:
         s.add(MEAN)
         s.add(AVG)
         yield s

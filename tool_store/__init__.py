@@ -4,7 +4,8 @@ Public API (imported lazily, so that ``import insitu.tool_store`` stays cheap fo
 the CLI; chromadb and onnxruntime load only when an index or an embedding is
 first used):
 
-* :class:`ToolStore` (``store.py``): the persistent, versioned library.
+* :class:`ToolStore` (``store.py``): the persistent, versioned library; its records in
+  SQLite (``tools.db``) or PostgreSQL (``records_url``), behind ``records/``.
 * :class:`ChangeSet`, :class:`ToolAdd`, :class:`ToolUpdate`, :class:`ToolArchive`,
   :class:`CommitResult`, :class:`CallRecord` (``changes.py``): atomic commits.
 * :class:`ToolIndex`, :class:`IndexDoc`, :class:`SearchHit` (``index.py``): retrieval.

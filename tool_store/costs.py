@@ -4,20 +4,19 @@ The ToolDeveloper (a new tool or a repair), the reflection (a repair) and the
 absorber (a merge) count the tokens their model spent on each version they
 build (:class:`~insitu.tool_store.contract.BuildCost` on the episode-local
 record); the change carries it into the commit, which writes it to the
-``version_costs`` table of ``tools.db`` in the same transaction as the version
+``version_costs`` table of the records in the same transaction as the version
 itself. The tool's ``creation_cost_tokens`` statistic stays the sum over its
 versions (it predates this table and is what exports carry); this table adds
 the split into input and output tokens and the model, which a price needs.
 
-The table is created by the first commit that records a cost, so libraries
-written before it existed open unchanged (read-only too) and simply have no
-per-version costs.
+In ``tools.db`` the table is created by the first commit that records a cost, so
+libraries written before it existed open unchanged (read-only too) and simply
+have no per-version costs.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,43 +26,11 @@ from insitu.tool_store.contract import BuildCost
 if TYPE_CHECKING:
     from insitu.tool_store.store import ToolStore
 
-#: The per-version cost table (one row per version that recorded a cost).
-VERSION_COSTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS version_costs (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    model TEXT,
-    role TEXT,
-    PRIMARY KEY (name, version)
-)
-"""
-
 #: ``$ per 1M tokens`` by model: ``{"input": ..., "output": ...}``.
 PriceTable = Mapping[str, Mapping[str, float]]
 
 #: The price file shipped with insitu (evals/prices.json).
 DEFAULT_PRICES = Path(__file__).resolve().parents[1] / "evals" / "prices.json"
-
-
-def record_build_cost(cur: sqlite3.Cursor, name: str, version: int, cost: BuildCost | None) -> None:
-    """Keep what building ``name@version`` cost, inside the commit's transaction.
-
-    Args:
-        cur: The cursor of the transaction that inserts the version.
-        name: The tool.
-        version: The version just inserted.
-        cost: What building it cost (nothing is written for ``None``).
-    """
-    if cost is None:
-        return
-    cur.execute(VERSION_COSTS_SCHEMA)
-    cur.execute(
-        "INSERT OR REPLACE INTO version_costs (name, version, input_tokens, output_tokens, "
-        "model, role) VALUES (?, ?, ?, ?, ?, ?)",
-        (name, version, cost.input_tokens, cost.output_tokens, cost.model, cost.role),
-    )
 
 
 def version_costs(store: ToolStore, name: str | None = None) -> dict[tuple[str, int], BuildCost]:
@@ -76,22 +43,8 @@ def version_costs(store: ToolStore, name: str | None = None) -> dict[tuple[str, 
     Returns:
         ``{(name, version): cost}`` for the versions that recorded one.
     """
-    with store.snapshot():
-        exists = store.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version_costs'"
-        ).fetchone()
-        if not exists:
-            return {}
-        sql = "SELECT name, version, input_tokens, output_tokens, model, role FROM version_costs"
-        rows = store.db.execute(
-            sql + (" WHERE name = ?" if name else ""), (name,) if name else ()
-        ).fetchall()
-    return {
-        (row[0], row[1]): BuildCost(
-            input_tokens=row[2], output_tokens=row[3], model=row[4], role=row[5]
-        )
-        for row in rows
-    }
+    with store._reading() as records:
+        return records.build_costs(name)
 
 
 def load_prices(path: str | Path | None = None) -> dict[str, dict[str, float]]:

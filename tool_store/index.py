@@ -685,6 +685,13 @@ class ToolIndex:
                 log.warning("could not save the lexical snapshot: %s", exc)
             self._dense.close()
 
+    def remember_vectors(self, vectors: Mapping[str, np.ndarray]) -> None:
+        """Pre-load document vectors (the store's own cache of them), so that scoring a
+        lexical-only candidate needs no round trip to a Chroma server; at most
+        :data:`VECTOR_CACHE_SIZE` are kept."""
+        with self._lock:
+            self._remember_vectors(vectors)
+
     def _remember_vectors(self, vectors: Mapping[str, np.ndarray]) -> None:
         if not self._dense.persistent:
             return  # the memory backend has them all at hand

@@ -1,6 +1,6 @@
 """What the team learns from use, kept with the library: experiences, usage notes, harvested cases.
 
-Three kinds of records, all in ``tools.db`` beside the tools and written by the
+Three kinds of records, kept with the library's records beside the tools and written by the
 same commits (:meth:`ToolStore.commit <insitu.tool_store.store.ToolStore.commit>`
 applies a :class:`~insitu.tool_store.changes.ChangeSet`'s ``experiences``,
 ``usage_notes`` and ``cases`` in the transaction of its tool changes):
@@ -24,22 +24,25 @@ reference is kept in ``renamed_from``) and ``a``'s harvested cases become
 ``b``'s; an archived tool's references are marked stale (cleared again when it
 is restored); a rollback marks stale the references to the versions it undid
 and carries the target version's usage note forward. The functions here run
-inside the store's transaction (they take its cursor); the store calls them.
+inside the store's transaction (they take its :class:`~insitu.tool_store.records.base.RecordTxn`,
+whatever database holds the records); the store calls them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
 
 from insitu.tool_store.contract import ToolTest
+
+if TYPE_CHECKING:
+    from insitu.tool_store.records.base import RecordTxn
 
 #: Characters kept of each text field of an experience (a record stays a few hundred bytes).
 MAX_SUMMARY_CHARS = 300
@@ -54,58 +57,6 @@ MAX_NOTES_CHARS = 2000
 MAX_CASE_CHARS = 4000
 #: Harvested cases kept per tool when the caller does not say (``harvested_cases_per_tool``).
 DEFAULT_CASES_PER_TOOL = 5
-
-LEARNING_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiences (
-    id TEXT PRIMARY KEY,
-    task_id TEXT,
-    summary TEXT NOT NULL,
-    status TEXT NOT NULL,
-    guidance TEXT NOT NULL DEFAULT '',
-    lesson TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL DEFAULT '',
-    tokens INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    commit_id TEXT,
-    index_pending INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS experiences_pending ON experiences (index_pending)
-    WHERE index_pending = 1;
-CREATE TABLE IF NOT EXISTS experience_tools (
-    experience_id TEXT NOT NULL REFERENCES experiences (id),
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER,
-    called INTEGER NOT NULL DEFAULT 0,
-    renamed_from TEXT,
-    stale TEXT,
-    PRIMARY KEY (experience_id, position)
-);
-CREATE INDEX IF NOT EXISTS experience_tools_name ON experience_tools (name);
-CREATE TABLE IF NOT EXISTS usage_notes (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    notes TEXT NOT NULL,
-    observed TEXT,
-    task_id TEXT,
-    created_at TEXT NOT NULL,
-    commit_id TEXT,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS harvested_cases (
-    name TEXT NOT NULL,
-    case_id TEXT NOT NULL,
-    case_json TEXT NOT NULL,
-    source_ref TEXT NOT NULL,
-    source_version INTEGER,
-    task_id TEXT,
-    created_at TEXT NOT NULL,
-    renamed_from TEXT,
-    stale TEXT,
-    PRIMARY KEY (name, case_id)
-);
-"""
 
 
 def _cut(value: Any, limit: int) -> Any:
@@ -309,18 +260,8 @@ class LearningResult:
     touched_cases: set[str] = field(default_factory=set)
 
 
-def _tool_status(cur: sqlite3.Cursor, name: str) -> tuple[str, int, str] | None:
-    """(status, current version, current hash) of a tool, or None."""
-    row = cur.execute(
-        "SELECT t.status, t.current_version, v.hash FROM tools t JOIN versions v "
-        "ON v.name = t.name AND v.version = t.current_version WHERE t.name = ?",
-        (name,),
-    ).fetchone()
-    return (row[0], row[1], row[2]) if row else None
-
-
 def insert_learning(
-    cur: sqlite3.Cursor,
+    txn: RecordTxn,
     *,
     experiences: Sequence[Experience],
     notes: Sequence[UsageNote],
@@ -343,65 +284,58 @@ def insert_learning(
     """
     result = LearningResult()
     for experience in experiences:
-        inserted = cur.execute(
-            "INSERT OR IGNORE INTO experiences (id, task_id, summary, status, guidance, lesson, "
-            "outcome, tokens, created_at, generation, commit_id, index_pending) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            (
-                experience.id,
-                experience.task_id,
-                experience.summary,
-                experience.status,
-                experience.guidance,
-                experience.lesson,
-                experience.outcome,
-                experience.tokens,
-                experience.created_at.isoformat(),
-                generation,
-                commit_id,
-            ),
-        ).rowcount
+        inserted = txn.insert_experience(
+            {
+                "id": experience.id,
+                "task_id": experience.task_id,
+                "summary": experience.summary,
+                "status": experience.status,
+                "guidance": experience.guidance,
+                "lesson": experience.lesson,
+                "outcome": experience.outcome,
+                "tokens": experience.tokens,
+                "created_at": experience.created_at.isoformat(),
+                "generation": generation,
+                "commit_id": commit_id,
+            }
+        )
         if not inserted:  # written before (a replay under another commit id)
             continue
         for position, ref in enumerate(experience.tools):
             stale = ref.stale
             if stale is None and ref.name not in follow.renames:
-                status = _tool_status(cur, ref.name)
+                status = txn.tool_head(ref.name)
                 if status is None:
                     stale = "not in the library"
                 elif status[0] == "archived":
                     stale = "archived"
-            cur.execute(
-                "INSERT INTO experience_tools (experience_id, position, name, version, called, "
-                "renamed_from, stale) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    experience.id,
-                    position,
-                    ref.name,
-                    ref.version,
-                    int(ref.called),
-                    ref.renamed_from,
-                    stale,
-                ),
+            txn.insert_experience_tool(
+                {
+                    "experience_id": experience.id,
+                    "position": position,
+                    "name": ref.name,
+                    "version": ref.version,
+                    "called": int(ref.called),
+                    "renamed_from": ref.renamed_from,
+                    "stale": stale,
+                }
             )
         result.experiences.append(experience.id)
     for note in notes:
-        status = None if note.name in follow.renames else _tool_status(cur, note.name)
+        status = None if note.name in follow.renames else txn.tool_head(note.name)
         if status is None or status[0] != "active" or not note.notes.strip():
             result.dropped.append(f"note of {note.name}")
             continue
-        cur.execute(
-            "INSERT OR REPLACE INTO usage_notes (name, version, notes, observed, task_id, "
-            "created_at, commit_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                note.name,
-                status[1],
-                note.notes,
-                note.observed,
-                note.task_id,
-                now.isoformat(),
-                commit_id,
-            ),
+        txn.put_usage_note(
+            {
+                "name": note.name,
+                "version": status[1],
+                "notes": note.notes,
+                "observed": note.observed,
+                "task_id": note.task_id,
+                "created_at": now.isoformat(),
+                "commit_id": commit_id,
+            }
         )
         result.notes.append(f"{note.name}@{status[1]}")
     keepers = {keeper for keeper, _ref in follow.renames.values()}
@@ -411,7 +345,7 @@ def insert_learning(
             name, renamed_from = follow.renames[name][0], renamed_from or harvested.source_ref
             keep = True
         else:
-            status = _tool_status(cur, name)
+            status = txn.tool_head(name)
             keep = (
                 status is not None
                 and status[0] == "active"
@@ -424,28 +358,25 @@ def insert_learning(
         if not keep or harvested.size() > MAX_CASE_CHARS:
             result.dropped.append(f"case of {harvested.name}")
             continue
-        inserted = cur.execute(
-            "INSERT OR IGNORE INTO harvested_cases (name, case_id, case_json, source_ref, "
-            "source_version, task_id, created_at, renamed_from, stale) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-            (
-                name,
-                harvested.case_id,
-                harvested.case.model_dump_json(),
-                harvested.source_ref,
-                split_ref(harvested.source_ref)[1],
-                harvested.task_id,
-                now.isoformat(),
-                renamed_from,
-            ),
-        ).rowcount
+        inserted = txn.insert_case(
+            {
+                "name": name,
+                "case_id": harvested.case_id,
+                "case_json": harvested.case.model_dump_json(),
+                "source_ref": harvested.source_ref,
+                "source_version": split_ref(harvested.source_ref)[1],
+                "task_id": harvested.task_id,
+                "created_at": now.isoformat(),
+                "renamed_from": renamed_from,
+            }
+        )
         if inserted:
             result.cases.append(f"{name}:{harvested.case_id}")
             result.touched_cases.add(name)
     return result
 
 
-def follow_tools(cur: sqlite3.Cursor, follow: ToolFollow, *, now: datetime) -> set[str]:
+def follow_tools(txn: RecordTxn, follow: ToolFollow, *, now: datetime) -> set[str]:
     """Make every learning record follow a commit's merges, archives and rollbacks.
 
     Returns:
@@ -453,102 +384,52 @@ def follow_tools(cur: sqlite3.Cursor, follow: ToolFollow, *, now: datetime) -> s
     """
     touched: set[str] = set()
     for old, (keeper, _old_ref) in follow.renames.items():
-        status = _tool_status(cur, keeper)
-        keeper_version = status[1] if status else None
-        cur.execute(
-            "UPDATE experience_tools SET renamed_from = COALESCE(renamed_from, "
-            "CASE WHEN version IS NULL THEN name ELSE name || '@' || version END), "
-            "name = ?, version = ? WHERE name = ?",
-            (keeper, keeper_version, old),
-        )
-        cur.execute(
-            "UPDATE OR IGNORE harvested_cases SET name = ?, "
-            "renamed_from = COALESCE(renamed_from, source_ref) WHERE name = ?",
-            (keeper, old),
-        )
-        # A case the keeper already had under the same input stays once.
-        cur.execute("DELETE FROM harvested_cases WHERE name = ?", (old,))
+        status = txn.tool_head(keeper)
+        txn.rename_references(old, keeper, status[1] if status else None)
         touched.add(keeper)
     for name, reason in follow.archived.items():
         if name in follow.renames:
             continue  # merged: its references were renamed, not made stale
-        cur.execute(
-            "UPDATE experience_tools SET stale = ? WHERE name = ? AND stale IS NULL",
-            (f"archived: {reason}"[:200], name),
-        )
+        txn.mark_references_stale(name, f"archived: {reason}"[:200])
     for name, (target, _before, new_version) in follow.rollbacks.items():
-        why = f"rolled back to version {target}"
-        cur.execute(
-            "UPDATE experience_tools SET stale = ? WHERE name = ? AND version > ? "
-            "AND version < ? AND stale IS NULL",
-            (why, name, target, new_version),
-        )
-        cur.execute(
-            "UPDATE harvested_cases SET stale = ? WHERE name = ? AND source_version > ? "
-            "AND source_version < ? AND stale IS NULL",
-            (why, name, target, new_version),
+        txn.mark_references_stale(
+            name, f"rolled back to version {target}", versions_between=(target, new_version)
         )
         # The rolled-back-to content gets the note it had (or none), not the undone one's.
-        carried = effective_note(cur, name, target)
-        cur.execute(
-            "INSERT OR REPLACE INTO usage_notes (name, version, notes, observed, task_id, "
-            "created_at, commit_id) VALUES (?, ?, ?, ?, NULL, ?, NULL)",
-            (
-                name,
-                new_version,
-                carried.notes if carried else "",
-                f"{name}@{target}",
-                now.isoformat(),
-            ),
+        carried = effective_note(txn, name, target)
+        txn.put_usage_note(
+            {
+                "name": name,
+                "version": new_version,
+                "notes": carried.notes if carried else "",
+                "observed": f"{name}@{target}",
+                "task_id": None,
+                "created_at": now.isoformat(),
+                "commit_id": None,
+            }
         )
     return touched
 
 
-def restore_references(cur: sqlite3.Cursor, name: str) -> None:
-    """A restored tool's references are current again (what archiving marked stale)."""
-    cur.execute(
-        "UPDATE experience_tools SET stale = NULL WHERE name = ? AND stale LIKE 'archived%'",
-        (name,),
-    )
-
-
-def prune_cases(cur: sqlite3.Cursor, names: Iterable[str], keep: int) -> int:
+def prune_cases(txn: RecordTxn, names: Iterable[str], keep: int) -> int:
     """Keep each tool's newest ``keep`` current harvested cases; drop the rest and stale ones.
 
     Returns:
         How many cases were dropped.
     """
-    dropped = 0
-    for name in sorted(set(names)):
-        dropped += cur.execute(
-            "DELETE FROM harvested_cases WHERE name = ? AND rowid NOT IN (SELECT rowid FROM "
-            "harvested_cases WHERE name = ? AND stale IS NULL ORDER BY rowid DESC LIMIT ?)",
-            (name, name, max(0, keep)),
-        ).rowcount
-    return dropped
+    return sum(txn.prune_cases(name, keep) for name in sorted(set(names)))
 
 
 # ------------------------------------------------------------------ reading
 
 
-def effective_note(
-    db: sqlite3.Connection | sqlite3.Cursor, name: str, version: int | None
-) -> UsageNote | None:
+def effective_note(txn: RecordTxn, name: str, version: int | None) -> UsageNote | None:
     """The usage note of ``name@version``: the newest written at a version <= it.
 
     ``version=None`` means the newest note of any version. An empty note (a
     rollback's reset) means none.
     """
-    if version is None:
-        row = db.execute(
-            "SELECT * FROM usage_notes WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
-        ).fetchone()
-    else:
-        row = db.execute(
-            "SELECT * FROM usage_notes WHERE name = ? AND version <= ? "
-            "ORDER BY version DESC LIMIT 1",
-            (name, version),
-        ).fetchone()
+    row = txn.usage_note(name, version)
     if row is None or not row["notes"].strip():
         return None
     return UsageNote(
@@ -561,16 +442,8 @@ def effective_note(
     )
 
 
-def read_cases(
-    db: sqlite3.Connection, name: str, *, include_stale: bool = False
-) -> list[HarvestedCase]:
+def read_cases(txn: RecordTxn, name: str, *, include_stale: bool = False) -> list[HarvestedCase]:
     """A tool's harvested cases, oldest first."""
-    rows = db.execute(
-        "SELECT * FROM harvested_cases WHERE name = ?"
-        + ("" if include_stale else " AND stale IS NULL")
-        + " ORDER BY rowid",
-        (name,),
-    ).fetchall()
     return [
         HarvestedCase(
             name=r["name"],
@@ -581,47 +454,41 @@ def read_cases(
             renamed_from=r["renamed_from"],
             stale=r["stale"],
         )
-        for r in rows
+        for r in txn.cases(name, include_stale=include_stale)
     ]
 
 
-def read_experiences(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Experience]:
+def read_experiences(txn: RecordTxn, ids: Sequence[str]) -> dict[str, Experience]:
     """The experiences of ``ids`` (those that exist), with their current tool references."""
-    out: dict[str, Experience] = {}
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start : start + 500])
-        marks = ",".join("?" * len(chunk))
-        refs: dict[str, list[ToolRef]] = {}
-        for r in db.execute(
-            f"SELECT * FROM experience_tools WHERE experience_id IN ({marks}) "
-            "ORDER BY experience_id, position",
-            chunk,
-        ):
-            refs.setdefault(r["experience_id"], []).append(
-                ToolRef(
-                    name=r["name"],
-                    version=r["version"],
-                    called=bool(r["called"]),
-                    renamed_from=r["renamed_from"],
-                    stale=r["stale"],
-                )
+    rows, ref_rows = txn.experience_rows(ids)
+    refs: dict[str, list[ToolRef]] = {}
+    for r in ref_rows:
+        refs.setdefault(r["experience_id"], []).append(
+            ToolRef(
+                name=r["name"],
+                version=r["version"],
+                called=bool(r["called"]),
+                renamed_from=r["renamed_from"],
+                stale=r["stale"],
             )
-        for r in db.execute(f"SELECT * FROM experiences WHERE id IN ({marks})", chunk):
-            out[r["id"]] = Experience(
-                id=r["id"],
-                task_id=r["task_id"],
-                summary=r["summary"],
-                status=r["status"],
-                guidance=r["guidance"],
-                lesson=r["lesson"],
-                outcome=r["outcome"],
-                tools=refs.get(r["id"], []),
-                tokens=r["tokens"],
-                created_at=datetime.fromisoformat(r["created_at"]),
-                generation=r["generation"],
-                commit_id=r["commit_id"],
-            )
-    return out
+        )
+    return {
+        r["id"]: Experience(
+            id=r["id"],
+            task_id=r["task_id"],
+            summary=r["summary"],
+            status=r["status"],
+            guidance=r["guidance"],
+            lesson=r["lesson"],
+            outcome=r["outcome"],
+            tools=refs.get(r["id"], []),
+            tokens=r["tokens"],
+            created_at=datetime.fromisoformat(r["created_at"]),
+            generation=r["generation"],
+            commit_id=r["commit_id"],
+        )
+        for r in rows
+    }
 
 
 # ------------------------------------------------------------------ showing

@@ -131,12 +131,8 @@ def is_pruned(reason: str | None) -> bool:
 
 def has_pruned_tools(store: ToolStore) -> bool:
     """Whether any tool is archived by a prune (else a revival search is not worth running)."""
-    with store.snapshot():
-        row = store.db.execute(
-            "SELECT 1 FROM tools WHERE status = 'archived' AND status_reason LIKE ? LIMIT 1",
-            (PRUNED + ":%",),
-        ).fetchone()
-    return row is not None
+    with store._reading() as records:
+        return records.any_status_reason("archived", PRUNED + ":")
 
 
 def revive_for_task(

@@ -116,9 +116,9 @@ def redundancy_of(similarity: float) -> float:
 def first_version_times(store: ToolStore, names: Iterable[str]) -> dict[str, datetime]:
     """When each tool's first version was created (its age; the idle time of an unused one)."""
     wanted = set(names)
-    with store.snapshot():
-        rows = store.db.execute("SELECT name, created_at FROM versions WHERE version = 1")
-        return {r[0]: datetime.fromisoformat(r[1]) for r in rows if r[0] in wanted}
+    with store._reading() as records:
+        times = records.first_version_times()
+    return {name: datetime.fromisoformat(at) for name, at in times.items() if name in wanted}
 
 
 def _unit_vectors(store: ToolStore, records: Sequence[ToolRecord]) -> np.ndarray:
@@ -322,11 +322,8 @@ def tool_roi(
 
 
 def _version_counts(store: ToolStore) -> dict[str, int]:
-    with store.snapshot():
-        return {
-            r[0]: r[1]
-            for r in store.db.execute("SELECT name, COUNT(*) FROM versions GROUP BY name")
-        }
+    with store._reading() as records:
+        return records.version_counts()
 
 
 def tool_roi_rows(

@@ -294,7 +294,7 @@ def opened_store(
     records, ...) exits 3 with its one-line message, before anything is created.
 
     Args:
-        settings: The command's settings (``store_dir``, ``chroma_url``).
+        settings: The command's settings (``store_dir``, ``chroma_url``, ``records_url``).
         read_only: Open without the writer lock; never writes.
         creates: The command may start a new library (``tools import``, ``tools
             add``); any other command needs one already there and creates nothing.
@@ -307,7 +307,7 @@ def opened_store(
     from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(settings.store_dir)
-    if not creates and not (path / "tools.db").is_file():
+    if not creates and not settings.records_url and not (path / "tools.db").is_file():
         try:  # a file, or a library whose records are gone, is not "nothing stored yet"
             check_location(path)
             check_records_present(path)
@@ -323,6 +323,7 @@ def opened_store(
             path,
             embedding=embedding,
             chroma_url=settings.chroma_url,
+            records_url=settings.records_url,
             read_only=read_only,
             **open_options,
         )

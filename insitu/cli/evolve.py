@@ -179,7 +179,7 @@ def evolve_command(
     if approve and settings.tool_approval == "none":
         settings = replace(settings, tool_approval="new")
     try:  # an unusable store or run directory: one line, before the progress bars
-        check_run_can_start(Path(run_dir), settings.store_dir)
+        check_run_can_start(Path(run_dir), settings.store_dir, records_url=settings.records_url)
     except StoreError as exc:
         fail(str(exc), EXIT_RUNTIME)
     reviews = BatchReviews(settings.store_dir, interactive=approve)

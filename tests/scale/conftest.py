@@ -1,70 +1,27 @@
-"""Fixtures of the scale tests: real PostgreSQL, Chroma server and Ray cluster on loopback.
+"""Fixtures of the scale tests: a Ray cluster with PostgreSQL and Chroma in one namespace.
 
 The services themselves live in :mod:`insitu.testing.services` (benchmarks use
-them too); these fixtures only scope them and decide what a missing component
-means: a skip with its reason on a workstation, a failure in CI (``CI=true``),
-where ``.ci/run`` installs everything.
+them too). The plain PostgreSQL and Chroma server fixtures (``postgres_server``,
+``postgres_dsn``, ``chroma_server``) and :func:`require` (a skip with its reason on
+a workstation, a failure in CI, ``CI=true``) are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
 
-from insitu.testing.services import (
-    ChromaServer,
-    Component,
-    NetworkNamespace,
-    PostgresServer,
-    RayCluster,
-    missing_reason,
-)
+from insitu.testing.services import ChromaServer, NetworkNamespace, PostgresServer, RayCluster
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+# PostgreSQL, the Chroma server and what a missing component means are shared with
+# the store's contract tests, which run outside this folder too.
+from ..conftest import STARTUP_S, require
 
-#: Start-up times of the services these tests started, for the terminal summary.
-STARTUP_S: dict[str, float] = {}
-
-
-def require(*components: Component) -> None:
-    """Skip (locally) or fail (in CI) unless every component can run here."""
-    for component in components:
-        reason = missing_reason(component)
-        if reason is None:
-            continue
-        if IN_CI:
-            pytest.fail(f"required in CI: {reason}")
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the session (each test takes a database of its own)."""
-    require("postgres")
-    with PostgresServer.start() as server:
-        STARTUP_S["PostgreSQL (initdb + start)"] = server.started_in_s
-        yield server
-
-
-@pytest.fixture
-def postgres_dsn(postgres_server: PostgresServer) -> str:
-    """The URL of a fresh, empty database on the session's server."""
-    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    """One Chroma server for the session."""
-    require("chroma")
-    with ChromaServer.start(tmp_path_factory.mktemp("chroma-server")) as server:
-        STARTUP_S["Chroma server"] = server.started_in_s
-        yield server
+__all__ = ["STARTUP_S", "LoopbackCluster", "require"]
 
 
 @dataclass
@@ -101,11 +58,3 @@ def loopback_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopb
         began = time.monotonic()
         stack.close()
         STARTUP_S["(teardown of the cluster and its services)"] = time.monotonic() - began
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the services' measured start-up (and teardown) times; docs/scaling.md quotes them."""
-    if STARTUP_S:
-        terminalreporter.section("scale services: start-up times")
-        for what, seconds in STARTUP_S.items():
-            terminalreporter.write_line(f"{what}: {seconds:.1f} s")
