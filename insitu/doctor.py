@@ -562,6 +562,8 @@ def check_store(context: InsituContext) -> Check:
     from insitu.tool_store.health import StoreStateError, check_location, check_records_present
 
     path = Path(context.store_dir)
+    if context.records_url:
+        return check_shared_records(context)
     if not (path / "tools.db").is_file():
         try:
             check_location(path)
@@ -587,6 +589,30 @@ def check_store(context: InsituContext) -> Check:
         "store",
         OK,
         f"{path}: {active} active tool(s), {total - active} archived; embedding {embedding}",
+    )
+
+
+def check_shared_records(context: InsituContext) -> Check:
+    """Whether a library whose records are on PostgreSQL (``records_url``) opens read-only."""
+    from insitu.checkpoints import redact
+    from insitu.tool_store import ToolStore
+
+    where = redact(context.records_url or "")
+    try:
+        with ToolStore.open(
+            context.store_dir,
+            read_only=True,
+            chroma_url=context.chroma_url,
+            records_url=context.records_url,
+        ) as store:
+            active, total = store.count("active"), store.count("all")
+            embedding = store.embedding_name
+    except Exception as exc:  # any error opening or reading it means the library is unusable
+        return Check("store", FAIL, f"{where}: {one_line(f'{type(exc).__name__}: {exc}')}")
+    return Check(
+        "store",
+        OK,
+        f"{where}: {active} active tool(s), {total - active} archived; embedding {embedding}",
     )
 
 

@@ -90,13 +90,22 @@ class CallStatistics:
         store_dir: The library's directory.
         session: This server's id (names its spool file).
         chroma_url: The library's Chroma server, in server mode.
+        records_url: The library's PostgreSQL records (``records_url`` setting), if any.
     """
 
-    def __init__(self, store_dir: Path, session: str, *, chroma_url: str | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        session: str,
+        *,
+        chroma_url: str | None = None,
+        records_url: str | None = None,
+    ) -> None:
         from filelock import FileLock
 
         self.store_dir = Path(store_dir)
         self.chroma_url = chroma_url
+        self.records_url = records_url
         self.directory = self.store_dir / SPOOL_DIR
         self.path = self.directory / f"{session}.jsonl"
         self._owner = FileLock(str(self.path) + ".lock", thread_local=False)
@@ -186,6 +195,7 @@ class CallStatistics:
             store = ToolStore.open(
                 self.store_dir,
                 chroma_url=self.chroma_url,
+                records_url=self.records_url,
                 lock_timeout=LOCK_WAIT_S,
                 verify_index=False,
             )
@@ -535,7 +545,12 @@ def library_server(store: ToolStore, settings: InsituContext) -> Iterator[Librar
     from insitu.services import open_sandbox
 
     session = uuid.uuid4().hex[:12]
-    statistics = CallStatistics(Path(settings.store_dir), session, chroma_url=settings.chroma_url)
+    statistics = CallStatistics(
+        Path(settings.store_dir),
+        session,
+        chroma_url=settings.chroma_url,
+        records_url=settings.records_url,
+    )
     statistics.start()
     server = LibraryServer(
         store,

@@ -40,3 +40,17 @@ def test_dead_services_fail_with_the_fix_and_no_password(tmp_path: Path) -> None
     assert checkpoints.status == doctor.FAIL and "fix checkpoint_url" in checkpoints.detail
     assert "s3cret" not in checkpoints.detail and "insitu:***@" in checkpoints.detail
     assert doctor.check_shared_services(InsituContext(store_dir=str(tmp_path))) == []
+
+
+def test_a_library_on_postgresql_is_checked_there(
+    chroma_server: ChromaServer, postgres_dsn: str, tmp_path: Path
+) -> None:
+    from insitu.tool_store import ToolStore
+    from insitu.tool_store.testing import make_spec
+
+    options = {"chroma_url": chroma_server.url, "records_url": postgres_dsn}
+    with ToolStore.open(tmp_path / "local", embedding="hashing", **options) as store:
+        store.add(make_spec("compute_mean", "Computes the mean of numbers."))
+    row = doctor.check_store(InsituContext(store_dir=str(tmp_path / "local"), **options))
+    assert row.status == doctor.OK and "1 active tool(s)" in row.detail, row
+    assert not (tmp_path / "local" / "tools.db").exists()
