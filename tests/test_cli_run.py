@@ -178,7 +178,7 @@ def test_a_second_ctrl_c_stops_evolve_at_once(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert time.monotonic() - started < 30  # not after the 120 s model replies
-    assert "stopping: the running work finishes first (Ctrl-C again to stop at once)" in stderr
+    assert "stopping: cancelling the running episodes, whose checkpoints are kept" in stderr
     assert "interrupted; run the same command to resume" in stderr
     assert "Traceback" not in stderr
 
@@ -200,7 +200,7 @@ def test_verbose_shows_each_model_request_and_tool_call_once(tmp_path: Path) -> 
     assert "↳" not in quiet.stderr
     detail = [line for line in loud.stderr.splitlines() if "↳" in line]
     models = [line for line in detail if " in / " in line and " out tokens · " in line]
-    assert models and any(line.split("↳")[1].strip().startswith("manager · ") for line in models)
+    assert models and any(line.split("↳")[1].strip().startswith("executor · ") for line in models)
     tools = [line for line in detail if "summarize_numbers@v1 · ok · " in line]
     assert tools and all(" ms in the sandbox (" in line for line in tools)
     progress = [line for line in loud.stderr.splitlines() if "·" in line and "↳" not in line]

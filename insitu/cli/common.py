@@ -88,10 +88,10 @@ def fail_model_endpoint(exc: ModelEndpointError) -> NoReturn:
 def interruptible(resume: str = "run the same command to resume") -> Iterator[None]:
     """Turn Ctrl-C into one line and exit code 130 instead of a stack trace.
 
-    The first Ctrl-C stops the work as Python does: the episodes already
-    running finish (their results are kept), which can take minutes, so it says
-    so at once. A second Ctrl-C exits at once, as a kill would (every run
-    resumes after one).
+    The first Ctrl-C cancels the running episodes (their model requests are
+    aborted; what they checkpointed is kept) and waits a few seconds for them
+    to unwind, saying so at once. A second Ctrl-C exits at once, as a kill
+    would (every run resumes after one).
 
     Args:
         resume: How to go on, after "interrupted; ".
@@ -104,7 +104,8 @@ def interruptible(resume: str = "run the same command to resume") -> Iterator[No
         interrupts += 1
         if interrupts == 1:
             err.print(
-                "stopping: the running work finishes first (Ctrl-C again to stop at once)",
+                "stopping: cancelling the running episodes, whose checkpoints are kept "
+                "(Ctrl-C again to stop at once)",
                 highlight=False,
                 markup=False,
             )
