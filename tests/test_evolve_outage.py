@@ -105,6 +105,11 @@ def passes(run_dir: Path) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ outages
 
 
+#: The Manager plans every task (no plan reuse), so that the endpoint's plans count the
+#: tasks that ran.
+EVERY_TASK_PLANNED = {"reuse_plan_min_similarity": None}
+
+
 def test_an_outage_stops_the_run_and_resuming_reruns_exactly_its_tasks(
     store, sandbox, tmp_path
 ) -> None:
@@ -123,7 +128,7 @@ def test_an_outage_stops_the_run_and_resuming_reruns_exactly_its_tasks(
             store,
             sandbox,
             batch_size=2,
-            context={"max_consecutive_endpoint_failures": 3},
+            context={"max_consecutive_endpoint_failures": 3, **EVERY_TASK_PLANNED},
             on_batch=go_down_after_the_first_batch,
         )
     # Batch 2 failed 2 tasks in a row, batch 3 two more: the run stopped after batch 3.
@@ -144,7 +149,9 @@ def test_an_outage_stops_the_run_and_resuming_reruns_exactly_its_tasks(
 
     endpoint.down = False
     endpoint.planned.clear()
-    summary = run(tasks, run_dir, endpoint, store, sandbox, batch_size=2)
+    summary = run(
+        tasks, run_dir, endpoint, store, sandbox, batch_size=2, context=EVERY_TASK_PLANNED
+    )
     # Exactly the failed tasks ran again (each once), then the batches not yet run.
     assert Counter(endpoint.planned) == Counter(t.question for t in tasks[2:])
     assert passes(run_dir) == [(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (4, 0), (5, 0)]

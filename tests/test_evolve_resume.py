@@ -89,7 +89,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path, endpoint
     assert len(expected_predictions) == TASKS
     expected_library = library(tmp_path / "ref-store")
     expected_learned = learned(tmp_path / "ref-store")
-    assert len(expected_learned[0]) == TASKS  # one experience per task, committed with its batch
+    # One experience per task, committed with its batch, except for clean successes on a
+    # reused plan (docs/learning.md), which add none.
+    assert 0 < len(expected_learned[0]) <= TASKS
 
     rng = random.Random(2026)
     total_kills = 0
