@@ -17,6 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypedDict
 
+import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -398,7 +399,9 @@ def test_server_faults_errors_and_exhaustion() -> None:
 
 def test_server_async_and_parallel_requests() -> None:
     with ScriptedOpenAIServer(lambda body: "ok", latency_s=0.2) as server:
-        llm = _llm(server)
+        # Its own async client: langchain-openai caches one per base URL for the whole
+        # process, and an earlier test's (bound to another event loop) may share the port.
+        llm = _llm(server, http_async_client=httpx.AsyncClient())
 
         async def run() -> list[AIMessage]:
             return await asyncio.gather(llm.ainvoke("a"), llm.ainvoke("b"), llm.ainvoke("c"))
