@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -17,7 +18,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypedDict
 
-import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -399,9 +399,7 @@ def test_server_faults_errors_and_exhaustion() -> None:
 
 def test_server_async_and_parallel_requests() -> None:
     with ScriptedOpenAIServer(lambda body: "ok", latency_s=0.2) as server:
-        # Its own async client: langchain-openai caches one per base URL for the whole
-        # process, and an earlier test's (bound to another event loop) may share the port.
-        llm = _llm(server, http_async_client=httpx.AsyncClient())
+        llm = _llm(server)
 
         async def run() -> list[AIMessage]:
             return await asyncio.gather(llm.ainvoke("a"), llm.ainvoke("b"), llm.ainvoke("c"))
@@ -412,6 +410,17 @@ def test_server_async_and_parallel_requests() -> None:
     assert [m.content for m in results] == ["ok"] * 3
     assert elapsed < 0.55  # served concurrently
     assert len(server.requests) == 3
+
+
+def test_server_serves_a_process_holding_descriptors_past_1024() -> None:
+    """A long test session numbers its sockets past 1024, where select() refuses them."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with ScriptedOpenAIServer(lambda body: "ok", latency_s=0.05) as server:
+            assert _llm(server).invoke("a").content == "ok"
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _http(url: str, body: dict[str, Any] | None = None, key: str = "test-key") -> tuple[int, bytes]:

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from insitu.sandbox.fdwait import wait_fd
+from insitu.fdwait import wait_fd
 
 HELPER = "slirp4netns"
 #: The sandbox's side of the link (slirp4netns: gateway .2, DNS .3, guest .100).

@@ -20,9 +20,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from insitu.fdwait import wait_fd
 from insitu.sandbox import runner
 from insitu.sandbox.backend import UidLease, spawner, sweep_uid
-from insitu.sandbox.fdwait import wait_fd
 
 logger = logging.getLogger("insitu.sandbox")
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import select
 import socket
 import sys
 import threading
@@ -53,6 +52,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from insitu.fdwait import wait_fd
 from insitu.loopback import LoopbackHTTPServer, LoopbackService
 from insitu.testing.scripted import (
     Drop,
@@ -312,8 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
                 stopping.wait(remaining)
                 continue
             try:
-                readable, _, _ = select.select([self.connection], [], [], min(remaining, _POLL_S))
-                if readable:
+                if wait_fd(self.connection.fileno(), timeout_s=min(remaining, _POLL_S)):
                     # A closed connection reads as end of file; peeking leaves any data for later.
                     if not self.connection.recv(1, socket.MSG_PEEK):
                         return False

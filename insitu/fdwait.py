@@ -1,4 +1,4 @@
-"""Waiting on one file descriptor, whatever its number (host side of the sandbox).
+"""Waiting on one file descriptor, whatever its number (the sandbox host, test servers).
 
 ``select.select`` refuses descriptors numbered 1024 or more, which a long-lived
 process (a test session, a server holding many stores) reaches; ``poll`` has
