@@ -97,6 +97,10 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+#: Seconds a checkpoint read or write waits for another connection's lock on the file.
+LOCK_WAIT_S = 30.0
+
+
 @contextmanager
 def sqlite_checkpointer(
     directory: str | Path,
@@ -131,7 +135,9 @@ def sqlite_checkpointer(
     path = Path(directory)
     check_checkpoints(path / filename, holder)
     path.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path / filename, check_same_thread=False)
+    # Waits for a lock as long as the store does: a batch's episodes, its resume and
+    # `get_state` share the file, and a loaded machine holds locks for seconds.
+    conn = sqlite3.connect(path / filename, check_same_thread=False, timeout=LOCK_WAIT_S)
     try:
         conn.execute("PRAGMA synchronous=NORMAL")  # per connection; SqliteSaver sets WAL itself
         yield SqliteSaver(conn)
@@ -323,7 +329,7 @@ async def open_async_checkpointer(
         path = Path(directory)
         check_checkpoints(path / filename, holder)
         path.mkdir(parents=True, exist_ok=True)
-        async with aiosqlite.connect(path / filename) as conn:
+        async with aiosqlite.connect(path / filename, timeout=LOCK_WAIT_S) as conn:
             try:
                 await conn.execute("PRAGMA synchronous=NORMAL")
                 yield AsyncSqliteSaver(conn)
