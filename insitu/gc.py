@@ -398,19 +398,7 @@ def collect_garbage(
                 remove, reason = False, f"unfinished run: {run.why_unfinished}"
             else:
                 remove, reason = _by_age(thread.idle_days, retention_days)
-            report.items.append(
-                GcItem(
-                    "thread",
-                    thread.thread_id,
-                    str(database),
-                    thread.idle_days,
-                    thread.size_bytes,
-                    remove,
-                    reason,
-                )
-            )
-            if remove:
-                plans.setdefault(database, []).append(thread.thread_id)
+            _plan_thread(report, plans, database, thread, remove, reason)
 
     database = store / CHECKPOINTS_FILE
     if database.is_file():
@@ -427,19 +415,7 @@ def collect_garbage(
                 protected.add(workspace_name(thread.thread_id))
             else:
                 remove, reason = _by_age(thread.idle_days, retention_days)
-            report.items.append(
-                GcItem(
-                    "thread",
-                    thread.thread_id,
-                    str(database),
-                    thread.idle_days,
-                    thread.size_bytes,
-                    remove,
-                    reason,
-                )
-            )
-            if remove:
-                plans.setdefault(database, []).append(thread.thread_id)
+            _plan_thread(report, plans, database, thread, remove, reason)
     protected |= {workspace_name(t) for t in reviews}
 
     workspaces = store / WORKSPACES_DIR
@@ -473,6 +449,30 @@ def collect_garbage(
     for database, thread_ids in plans.items():
         _delete_threads(database, thread_ids, report)
     return report
+
+
+def _plan_thread(
+    report: GcReport,
+    plans: dict[Path, list[str]],
+    database: Path,
+    thread: _Thread,
+    remove: bool,
+    reason: str,
+) -> None:
+    """Report one checkpoint thread, and plan its deletion from ``database`` if ``remove``."""
+    report.items.append(
+        GcItem(
+            "thread",
+            thread.thread_id,
+            str(database),
+            thread.idle_days,
+            thread.size_bytes,
+            remove,
+            reason,
+        )
+    )
+    if remove:
+        plans.setdefault(database, []).append(thread.thread_id)
 
 
 def _by_age(idle_days: float, retention_days: float) -> tuple[bool, str]:

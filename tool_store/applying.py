@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from insitu.tool_store.changes import CommitResult, ToolAdd, ToolArchive, ToolUpdate
-from insitu.tool_store.contract import ToolRecord, ToolSpec, now_utc
+from insitu.tool_store.contract import BuildCost, ToolRecord, ToolSpec, now_utc
 from insitu.tool_store.errors import (
     DuplicateToolError,
     InvalidSpecError,
@@ -67,6 +67,7 @@ class Applying:
         note: str | None,
         commit_id: str | None,
         created_at: datetime,
+        build_cost: BuildCost | None = None,
     ) -> None:
         records.insert_version(
             VersionRow(
@@ -83,6 +84,8 @@ class Applying:
                 commit_id=commit_id,
             )
         )
+        if build_cost is not None:  # what building this version cost, for its ROI
+            records.save_build_cost(spec.name, version, build_cost)
 
     def _apply_add(
         self,
@@ -128,9 +131,8 @@ class Applying:
             note=change.note,
             commit_id=commit_id,
             created_at=now,
+            build_cost=change.build_cost,
         )
-        if change.build_cost is not None:
-            records.save_build_cost(spec.name, 1, change.build_cost)
         records.insert_tool(
             ToolRow(
                 name=spec.name,
@@ -185,9 +187,8 @@ class Applying:
             note=change.note,
             commit_id=commit_id,
             created_at=now,
+            build_cost=change.build_cost,
         )
-        if change.build_cost is not None:
-            records.save_build_cost(change.name, version, change.build_cost)
         records.set_current_version(
             change.name,
             version,
